@@ -1,0 +1,56 @@
+"""The one path from a registry name to a model: resolve the entry, build, load weights."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Optional, Type, Union
+
+from torch import nn
+
+from ._registry import get_entry
+
+# Passed by timm.create_model to every entrypoint; qsnn-zoo's records replace timm's configs.
+_TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay")
+
+
+def build_model(
+    name: str,
+    model_cls: Type[nn.Module],
+    pretrained: bool = False,
+    weights: Optional[Union[str, Path]] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Builds registry entry ``name`` as ``model_cls`` with its configuration and ``overrides``.
+
+    ``pretrained=True`` loads the entry's published weights (see :func:`qsnn_zoo.hub.resolve_weights`
+    for where they are looked for); ``weights`` loads a given file or directory instead.
+    """
+    entry = get_entry(name)
+    for key in _TIMM_ONLY_ARGS:
+        overrides.pop(key, None)
+    config = entry.arch_config()
+    _check_overrides(name, model_cls, overrides)
+    if (pretrained or weights is not None) and overrides.get("num_classes", entry.num_classes) != entry.num_classes:
+        raise ValueError(
+            f"{name} has {entry.num_classes} classes; pretrained weights cannot be loaded with "
+            f"num_classes={overrides['num_classes']}. Build with pretrained=False to train a new head."
+        )
+    config.update(overrides)
+    model = model_cls(**config)
+    model.entry = entry
+    model.pretrained_cfg = entry.to_dict()  # timm reads this attribute
+    if pretrained or weights is not None:
+        from .hub import resolve_weights
+        from .weights import load_weights
+
+        path = resolve_weights(entry, weights=weights, cache_dir=cache_dir)
+        load_weights(model, path, expected_name=name)
+    return model
+
+
+def _check_overrides(name: str, model_cls: Type[nn.Module], overrides: dict) -> None:
+    allowed = set(inspect.signature(model_cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(f"{name} does not take {unknown}; it takes {sorted(allowed)}")

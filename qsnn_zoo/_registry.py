@@ -1,0 +1,205 @@
+"""The model registry: one frozen record per published or planned checkpoint.
+
+An entry is data. Model families (``qsnn_zoo/models/*.py``) declare their entries and a builder per
+entry with :func:`register_model`; everything else (building, loading weights, cards, the CLI, timm
+and torch.hub) reads the records from here.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import sys
+from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+WEIGHT_KINDS = ("fp32", "bin", "ter")
+METHODS = ("calib", "stbp", "tsslbp")
+DATASETS = ("cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """Every setting that decides what a spiking layer computes (cards print all of them)."""
+
+    model: str  # "if" | "lif" | "tssl"
+    threshold: float
+    reset: str  # "soft" (subtract) | "hard" (to zero)
+    comparison: str  # ">=" or ">" between potential and threshold
+    surrogate: str  # human-readable surrogate gradient, parameters included
+    encoding: str  # how the image enters: "direct" current or "psp" filtered current
+    decoding: str  # how T outputs become class scores
+    decay: Optional[float] = None  # LIF potential decay per step
+    tau_m: Optional[float] = None  # TSSL membrane time constant (steps)
+    tau_s: Optional[float] = None  # TSSL synaptic time constant (steps)
+    shift: Optional[float] = None  # IF: threshold * shift / T added to the input at every step
+    initial_potential: str = "zero"  # "zero" | "per-neuron" (a stored buffer)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Which layers are quantized and how (SPEC B.1-B.2)."""
+
+    mode: Optional[str]  # None (fp32), "bin" {-s,+s}, "ter" {-s,0,+s}
+    quantized_layers: Tuple[str, ...]
+    full_precision_layers: Tuple[str, ...]
+    scale: str = "one fp32 scale per layer, s = mean|W| of the fp32 parent at the start of CBP, never trained"
+    gradient: str = "straight-through (identity), latent fp32 weights clamped to [-1, 1]"
+
+    @property
+    def bits(self) -> Optional[float]:
+        return {None: None, "bin": 1.0, "ter": 1.6}[self.mode]
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A published weights file: where it lives and how to recognise it."""
+
+    filename: str
+    sha256: str
+    size: int
+    hf_repo: str
+    revision: str  # a full commit hash, so downloads are reproducible
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured number and exactly what it was measured on."""
+
+    name: str  # "top1"
+    value: float  # percent
+    data: str  # e.g. "cifar10-offline test, lossless rows (1017)"
+    rows: int
+    source: str  # repository file that produced the number
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str  # model family module: "vgg" | "cnn7" | "alexnet"
+    method: str  # "calib" | "stbp" | "tsslbp"
+    dataset: str
+    num_classes: int
+    T: int
+    neuron: NeuronSpec
+    quant: QuantSpec
+    arch_kwargs: Tuple[Tuple[str, Any], ...]
+    input_size: Tuple[int, int, int] = (3, 32, 32)
+    mean: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: Tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+    parent: Optional[str] = None
+    weights: Optional[WeightsFile] = None
+    metrics: Tuple[Metric, ...] = ()
+    paper_claim: str = ""
+    recipe: str = ""
+    description: str = ""
+    license: str = "apache-2.0"
+    citation: str = ""
+    builder: Optional[Callable[..., Any]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def weight_kind(self) -> str:
+        return self.quant.mode or "fp32"
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weights is not None
+
+    def arch_config(self) -> Dict[str, Any]:
+        """The keyword arguments the family's model class is built with."""
+        return dict(self.arch_kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able view (the builder is code, not data, and is left out)."""
+        data = asdict(self)
+        data.pop("builder")
+        data["arch_kwargs"] = dict(self.arch_kwargs)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_ENTRIES: Dict[str, ModelEntry] = {}
+PUBLISHED_FILE = Path(__file__).with_name("published.json")
+
+
+def _published() -> Dict[str, Any]:
+    """Weights, metrics and recipes of trained entries, written by ``scripts/publish.py``."""
+    if not PUBLISHED_FILE.exists():
+        return {}
+    return json.loads(PUBLISHED_FILE.read_text())
+
+
+def _with_published(entry: ModelEntry, record: Mapping[str, Any]) -> ModelEntry:
+    return replace(
+        entry,
+        weights=WeightsFile(**record["weights"]),
+        metrics=tuple(Metric(**m) for m in record.get("metrics", ())),
+        recipe=record.get("recipe", entry.recipe),
+    )
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for a family's builder: registers the entry of the same name from the family
+    module's ``model_entries`` table, merged with what ``published.json`` says of it (as timm's
+    ``register_model`` pairs an entrypoint with ``default_cfgs``)."""
+    table = getattr(sys.modules[fn.__module__], "model_entries")
+    entry = table[fn.__name__]
+    record = _published().get(entry.name)
+    register_entry(_with_published(entry, record) if record else entry, fn)
+    return fn
+
+
+def register_entry(entry: ModelEntry, builder: Callable[..., Any]) -> ModelEntry:
+    """Adds ``entry`` with the function that builds it; names are unique."""
+    if entry.name in _ENTRIES:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    if builder.__name__ != entry.name:
+        raise ValueError(f"builder {builder.__name__!r} must be named like its entry {entry.name!r}")
+    entry = replace(entry, builder=builder)
+    _ENTRIES[entry.name] = entry
+    return entry
+
+
+def update_entry(name: str, **changes: Any) -> ModelEntry:
+    """Replaces fields of a registered entry (used when a family's table is amended at import)."""
+    entry = replace(get_entry(name), **changes)
+    _ENTRIES[name] = entry
+    return entry
+
+
+def iter_entries() -> Iterator[ModelEntry]:
+    for name in sorted(_ENTRIES):
+        yield _ENTRIES[name]
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_ENTRIES), n=5, cutoff=0.4)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise UnknownModelError(
+            f"Unknown model {name!r}.{hint} Run `qsnn-zoo list` or qsnn_zoo.list_models() for all names."
+        ) from None
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
+    """Registered names matching an fnmatch ``pattern``; ``pretrained=True`` keeps those with weights."""
+    return [
+        e.name
+        for e in iter_entries()
+        if fnmatch.fnmatchcase(e.name, pattern) and (e.has_weights or not pretrained)
+    ]
+
+
+def model_info(name: str) -> Mapping[str, Any]:
+    """Everything the registry knows about ``name``, as plain data."""
+    return get_entry(name).to_dict()

@@ -1,0 +1,146 @@
+"""Where weights files come from, and proof that they are the published bytes.
+
+Resolution order for an entry's weights:
+1. an explicit ``weights=`` file or directory;
+2. the directory named by ``$QSNN_ZOO_WEIGHTS``;
+3. the repository's own ``checkpoints/`` folder (in a clone, and in torch.hub's copy of one);
+4. the Hugging Face Hub, through ``huggingface_hub.hf_hub_download`` at the entry's pinned revision
+   (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and its progress bar).
+A file that is the entry's published file has its full sha256 checked before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from ._registry import ModelEntry
+
+ENV_WEIGHTS_DIR = "QSNN_ZOO_WEIGHTS"
+REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+PathLike = Union[str, Path]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    pass
+
+
+class HashMismatchError(ValueError):
+    pass
+
+
+def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_filename(entry: ModelEntry) -> str:
+    """The published file name, or ``NAME.safetensors`` for an entry without published weights."""
+    return entry.weights.filename if entry.weights else f"{entry.name}.safetensors"
+
+
+def _in_directory(directory: Path, entry: ModelEntry) -> Optional[Path]:
+    candidate = directory / weights_filename(entry)
+    return candidate if candidate.is_file() else None
+
+
+def _local_candidates(entry: ModelEntry, weights: Optional[PathLike]) -> Iterator[Path]:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            found = _in_directory(path, entry)
+            if found is None:
+                raise WeightsNotFoundError(f"{path} holds no {weights_filename(entry)} for {entry.name}.")
+            yield found
+        elif path.is_file():
+            yield path
+        else:
+            raise WeightsNotFoundError(f"weights path {path} does not exist.")
+        return
+    env_dir = os.environ.get(ENV_WEIGHTS_DIR)
+    if env_dir:
+        found = _in_directory(Path(env_dir).expanduser(), entry)
+        if found is not None:
+            yield found
+    found = _in_directory(REPO_CHECKPOINTS, entry)
+    if found is not None:
+        yield found
+
+
+def _is_published_file(entry: ModelEntry, path: Path) -> bool:
+    return entry.weights is not None and path.name == entry.weights.filename
+
+
+def _verify(entry: ModelEntry, path: Path) -> Path:
+    actual = sha256_of(path)
+    if actual != entry.weights.sha256:
+        raise HashMismatchError(
+            f"{path} is not the published weights of {entry.name}: sha256 {actual}, expected "
+            f"{entry.weights.sha256}. Delete or replace the file (or pass your own file under another name)."
+        )
+    return path
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    w = entry.weights
+    try:
+        path = Path(
+            huggingface_hub.hf_hub_download(
+                repo_id=w.hf_repo,
+                filename=w.filename,
+                revision=w.revision,
+                cache_dir=cache_dir,
+                library_name="qsnn-zoo",
+                local_files_only=_offline(),
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
+        )
+    except EntryNotFoundError:
+        raise WeightsNotFoundError(
+            f"{w.hf_repo}@{w.revision} has no file {w.filename} for {entry.name}. Report this; meanwhile "
+            f"put the file in ${ENV_WEIGHTS_DIR} or pass weights=PATH."
+        ) from None
+    except LocalEntryNotFoundError:
+        raise WeightsNotFoundError(
+            f"{entry.name}: no copy of {w.filename} is cached and the Hub cannot be reached "
+            f"({'HF_HUB_OFFLINE is set' if _offline() else 'offline or unreachable'}). Download it where there "
+            f"is a network (huggingface-cli download {w.hf_repo} {w.filename} --revision {w.revision}), "
+            f"or put it in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH."
+        ) from None
+    try:
+        return _verify(entry, path)
+    except HashMismatchError:
+        _remove_from_cache(path)
+        raise
+
+
+def _remove_from_cache(path: Path) -> None:
+    """Deletes a bad download (the snapshot link and the blob behind it) so the next call refetches."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def resolve_weights(
+    entry: ModelEntry, weights: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None
+) -> Path:
+    """The local path of ``entry``'s weights, downloading them if needed (see module doc)."""
+    for path in _local_candidates(entry, weights):
+        return _verify(entry, path) if _is_published_file(entry, path) else path
+    if entry.weights is None:
+        raise WeightsNotFoundError(
+            f"{entry.name} has no published weights yet. Make them with `{entry.recipe}`, then pass "
+            f"weights=PATH, or put {weights_filename(entry)} in ${ENV_WEIGHTS_DIR} or checkpoints/."
+        )
+    return _download(entry, cache_dir)

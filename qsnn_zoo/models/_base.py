@@ -1,0 +1,54 @@
+"""What every spiking model in the zoo shares."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.neurons import SpikingNeuron
+
+BACKENDS = ("reference", "fast")
+
+
+class SpikingModel(nn.Module):
+    """Images ``[B, 3, H, W]`` in, class scores ``[B, K]`` out, simulated over ``T`` steps.
+
+    ``forward_steps`` returns the per-step output ``[T, B, K]`` that the training losses need;
+    ``forward`` decodes it into scores. Each call starts from the reset state.
+    """
+
+    T: int
+    num_classes: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backend = "reference"
+
+    def set_backend(self, backend: str) -> "SpikingModel":
+        """"reference": one step at a time, as the papers' code; "fast": time folded into the
+        batch and fused neuron kernels on the GPU. Both compute the same function."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        for module in self.modules():
+            if isinstance(module, SpikingNeuron):
+                module.backend = backend
+        return self
+
+    @property
+    def fold_time(self) -> bool:
+        return self.backend == "fast"
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, steps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+        return self.decode(self.forward_steps(x))
+
+    def spiking_neurons(self):
+        """``(name, neuron)`` in forward order, for firing-rate statistics."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, SpikingNeuron)]

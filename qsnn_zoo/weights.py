@@ -1,0 +1,196 @@
+"""The zoo's weights format: safetensors with quantized layers stored as packed codes.
+
+For a quantized layer ``L`` the file holds ``L.weight.codes`` (uint8, see :mod:`qsnn_zoo.packing`)
+and ``L.scale`` (fp32); its latent fp32 weight is not stored, since the forward pass only ever
+uses ``scale * code``. Every other tensor is stored as it is (fp32, or fp16 when asked for).
+``__metadata__`` holds the format version, the model name, the packing of every packed tensor
+and the model configuration, all as strings (safetensors allows nothing else).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .layers.quant import quantized_modules
+from .packing import SCHEMES, pack_codes, unpack_codes
+
+FORMAT_NAME = "qsnn-zoo"
+FORMAT_VERSION = "1"
+CODES_SUFFIX = ".weight.codes"
+PathLike = Union[str, Path]
+
+
+class WeightsFormatError(ValueError):
+    """A file that is not a qsnn-zoo weights file, or does not fit the model."""
+
+
+def atomic_write(path: PathLike, write) -> None:
+    """Calls ``write(tmp_path)`` then renames into place, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_state(model: nn.Module, half: bool = False) -> tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The tensors and packing table that :func:`save_weights` writes."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    packing: Dict[str, Any] = {}
+    for name, module in quantized_modules(model):
+        weight_key = f"{name}.weight"
+        codes = module.codes()
+        state.pop(weight_key)
+        state[name + CODES_SUFFIX] = pack_codes(codes, module.quant)
+        packing[weight_key] = {"scheme": SCHEMES[module.quant], "shape": list(codes.shape)}
+    if half:
+        state = {k: v.half() if v.is_floating_point() and not k.endswith(".scale") else v for k, v in state.items()}
+    return state, packing
+
+
+def save_weights(
+    model: nn.Module,
+    path: PathLike,
+    model_name: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
+    half: bool = False,
+) -> Path:
+    """Writes ``model`` to ``path`` atomically. ``half`` stores float tensors (scales excepted) as fp16."""
+    entry = getattr(model, "entry", None)
+    model_name = model_name or (entry.name if entry is not None else type(model).__name__)
+    config = config if config is not None else (entry.to_dict() if entry is not None else {})
+    state, packing = export_state(model, half=half)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "packing": json.dumps(packing, sort_keys=True),
+        "float_dtype": "float16" if half else "float32",
+        "config": json.dumps(config, sort_keys=True, default=str),
+    }
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    return Path(path)
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsFormatError(
+            f"{path} is not a readable safetensors file ({err}). qsnn-zoo loads only .safetensors files "
+            "written by qsnn_zoo.save_weights; never pickled checkpoints."
+        ) from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise WeightsFormatError(
+            f"{path} is a safetensors file but not a qsnn-zoo weights file (no 'format: {FORMAT_NAME}' in its "
+            "metadata). Write weights with qsnn_zoo.save_weights."
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise WeightsFormatError(
+            f"{path} has weights format version {metadata.get('format_version')!r}; this qsnn-zoo reads "
+            f"version {FORMAT_VERSION}. Upgrade qsnn-zoo or re-export the file."
+        )
+    return metadata
+
+
+def read_state(path: PathLike) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The full state dict stored in ``path`` (codes unpacked to ``scale * code``) and its metadata."""
+    metadata = read_metadata(path)
+    tensors = load_file(str(path))
+    packing = json.loads(metadata["packing"])
+    for weight_key, info in packing.items():
+        layer = weight_key[: -len(".weight")]
+        codes_key, scale_key = layer + CODES_SUFFIX, layer + ".scale"
+        if codes_key not in tensors or scale_key not in tensors:
+            raise WeightsFormatError(f"{path}: packed tensor {weight_key} lacks {codes_key} or {scale_key}")
+        mode = next(m for m, scheme in SCHEMES.items() if scheme == info["scheme"])
+        try:
+            codes = unpack_codes(tensors.pop(codes_key), info["shape"], mode)
+        except ValueError as err:
+            raise WeightsFormatError(f"{path}: tensor {codes_key}: {err}") from None
+        tensors[weight_key] = codes.to(torch.float32) * tensors[scale_key].float()
+    return tensors, metadata
+
+
+def load_weights(model: nn.Module, path: PathLike, expected_name: Optional[str] = None) -> nn.Module:
+    """Loads ``path`` into ``model`` strictly: every name, shape and the model name must match."""
+    state, metadata = read_state(path)
+    stored_name = metadata.get("model_name")
+    if expected_name is not None and stored_name != expected_name:
+        raise WeightsFormatError(
+            f"{path} holds weights of {stored_name!r}, not {expected_name!r}. Pass the file of "
+            f"{expected_name!r}, or create_model({stored_name!r}) for this one."
+        )
+    _check_against(model, state, path)
+    target = model.state_dict()
+    state = {k: v.to(dtype=target[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _check_against(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    if missing or unexpected:
+        raise WeightsFormatError(
+            f"{path} does not fit {type(model).__name__}: missing tensors {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}. Check that the file belongs to this model."
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise WeightsFormatError(
+                f"{path}: tensor {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target[key].shape)}. Check that the file belongs to this model."
+            )
+
+
+def storage_report(path: PathLike) -> Dict[str, Any]:
+    """Bytes on disk, and bits per quantized weight including its scale."""
+    metadata = read_metadata(path)
+    packing = json.loads(metadata["packing"])
+    from safetensors import safe_open
+
+    quantized_bytes = quantized_weights = 0
+    total_params = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            shape = f.get_slice(key).get_shape()
+            numel = 1
+            for d in shape:
+                numel *= d
+            if key.endswith(CODES_SUFFIX):
+                quantized_bytes += numel
+            elif not key.endswith(".scale"):
+                total_params += numel
+        for weight_key, info in packing.items():
+            n = 1
+            for d in info["shape"]:
+                n *= d
+            quantized_weights += n
+            quantized_bytes += 4  # its scale
+    return {
+        "file_bytes": os.path.getsize(path),
+        "quantized_weights": quantized_weights,
+        "quantized_bytes": quantized_bytes,
+        "bits_per_quantized_weight": 8 * quantized_bytes / quantized_weights if quantized_weights else None,
+        "other_values": total_params,
+        "float_dtype": metadata.get("float_dtype", "float32"),
+    }
