@@ -1,0 +1,148 @@
+"""CIFAR images as uint8 arrays, from the layouts users have, with clear errors for the rest.
+
+Readers return :class:`ImageSet`: ``images`` uint8 ``[N, 32, 32, 3]`` (NHWC, RGB), ``labels``
+int64 ``[N]``, and ``lossless`` (bool ``[N]``) when the source says which rows are lossless (the
+offline ``.npz`` bundle; see ``shared/data/cifar10/README.md``), else ``None``.
+
+Layouts:
+- the ``.npz`` bundle: ``train-0.npz`` ... ``train-4.npz`` and ``test.npz`` in one directory;
+- torchvision's extracted archives: ``cifar-10-batches-py/`` or ``cifar-100-python/`` (or their parent).
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, Path]
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+SAMPLE_FILE = Path(__file__).with_name("assets") / "cifar10_sample.npz"
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+_TORCHVISION_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+class DataError(ValueError):
+    """Data that is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray
+    labels: np.ndarray
+    lossless: Optional[np.ndarray] = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Union[slice, np.ndarray, Sequence[int]]) -> "ImageSet":
+        lossless = None if self.lossless is None else self.lossless[index]
+        return ImageSet(self.images[index], self.labels[index], lossless, self.source)
+
+
+def load_cifar(root: PathLike, split: str = "test", dataset: str = "cifar10") -> ImageSet:
+    """Reads ``split`` of ``dataset`` from ``root`` in whichever supported layout it finds there."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    if dataset not in _NUM_CLASSES:
+        raise DataError(f"dataset must be one of {tuple(_NUM_CLASSES)}, got {dataset!r}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist. Pass --data DIR with CIFAR data in it.")
+    if (root / "test.npz").is_file():
+        if dataset != "cifar10":
+            raise DataError(f"{root} holds the .npz bundle, which is CIFAR-10; {dataset} needs torchvision's layout.")
+        data = _read_npz_bundle(root, split)
+    else:
+        folder = root if root.name == _TORCHVISION_DIRS[dataset] else root / _TORCHVISION_DIRS[dataset]
+        if not folder.is_dir():
+            raise DataError(
+                f"{root} holds neither the .npz bundle (test.npz, train-0..4.npz) nor torchvision's "
+                f"{_TORCHVISION_DIRS[dataset]}/. Download {dataset} with torchvision.datasets.{dataset.upper()}"
+                f"(root, download=True) on a networked machine, or point --data at the bundle."
+            )
+        data = _read_torchvision(folder, split, dataset)
+    _validate(data, _NUM_CLASSES[dataset])
+    return data
+
+
+def _read_npz_bundle(root: Path, split: str) -> ImageSet:
+    names = ["test.npz"] if split == "test" else [f"train-{i}.npz" for i in range(5)]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise DataError(f"{root} lacks {missing} of the .npz bundle; copy the whole bundle.")
+    parts = []
+    for name in names:
+        try:
+            with np.load(root / name, allow_pickle=False) as f:
+                parts.append({k: f[k] for k in f.files})
+        except Exception as err:  # zip, format and pickle-refusal errors all mean "unreadable"
+            raise DataError(f"{root / name} is not a readable .npz file ({err}); check it with sha256sum -c SHA256SUMS.") from None
+    for name, part in zip(names, parts):
+        if "images" not in part or "labels" not in part:
+            raise DataError(f"{root / name} has arrays {sorted(part)}, expected 'images' and 'labels'.")
+    images = np.concatenate([p["images"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
+    lossless = parts[0].get("lossless") if split == "test" else np.ones(len(labels), dtype=bool)
+    return ImageSet(images, labels, None if lossless is None else lossless.astype(bool), f"npz:{root}")
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the torchvision CIFAR folder; re-extract the archive.")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as err:
+        raise DataError(f"{path} is not a readable CIFAR batch ({err}); re-extract the archive.") from None
+
+
+def _read_torchvision(folder: Path, split: str, dataset: str) -> ImageSet:
+    if dataset == "cifar10":
+        names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+        label_key = "labels"
+    else:
+        names, label_key = [split], "fine_labels"
+    batches = [_unpickle(folder / n) for n in names]
+    try:
+        images = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+        labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    except (KeyError, ValueError) as err:
+        raise DataError(f"{folder} does not hold {dataset} batches as torchvision writes them ({err}).") from None
+    return ImageSet(images.transpose(0, 2, 3, 1).copy(), labels, None, f"torchvision:{folder}")
+
+
+def _validate(data: ImageSet, num_classes: int) -> None:
+    where = data.source
+    if data.images.dtype != np.uint8 or data.images.shape[1:] != (32, 32, 3):
+        raise DataError(f"{where}: images must be uint8 [N, 32, 32, 3], got {data.images.dtype} {data.images.shape}.")
+    if len(data.images) != len(data.labels):
+        raise DataError(f"{where}: {len(data.images)} images but {len(data.labels)} labels.")
+    if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= num_classes):
+        raise DataError(
+            f"{where}: labels span {data.labels.min()}..{data.labels.max()}, outside 0..{num_classes - 1}; "
+            "the files are mislabelled or belong to another dataset."
+        )
+    if data.lossless is not None and len(data.lossless) != len(data.labels):
+        raise DataError(f"{where}: 'lossless' has {len(data.lossless)} rows for {len(data.labels)} labels.")
+
+
+def load_sample() -> ImageSet:
+    """The small set of lossless CIFAR-10 test images bundled with the package."""
+    with np.load(SAMPLE_FILE, allow_pickle=False) as f:
+        data = ImageSet(f["images"], f["labels"].astype(np.int64), f["lossless"].astype(bool), f"bundled:{SAMPLE_FILE.name}")
+    _validate(data, 10)
+    return data
+
+
+def to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float], device=None) -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW, as ToTensor + Normalize compute it."""
+    x = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255)
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
