@@ -74,6 +74,12 @@ def row_set(metric) -> Optional[str]:
     return None
 
 
+def measured_top1(entry, rows: str) -> Optional[float]:
+    """The registry's measured top-1 of ``entry`` on ``rows`` ("lossless" | "all"), or None."""
+    values = [m.value for m in entry.metrics if m.name == "top1" and row_set(m) == rows]
+    return values[0] if values else None
+
+
 # ---------------------------------------------------------------- synaptic operations
 
 def synaptic_operations(layer: nn.Module, spike_counts: torch.Tensor) -> float:

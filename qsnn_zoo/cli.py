@@ -1,0 +1,370 @@
+"""The ``qsnn-zoo`` command: list, info, eval, predict and export the registry's models.
+
+Expected failures (unknown model, missing or bad weights, unreadable data or images) print one
+line naming the problem and the fix, and exit with status 2; nothing else is caught.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
+from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
+from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename
+from .weights import WeightsFormatError
+
+EXIT_USER_ERROR = 2
+
+
+class CLIError(Exception):
+    """A command that cannot run as asked; the message says what to do instead."""
+
+
+USER_ERRORS = (CLIError, DataError, UnknownModelError, WeightsNotFoundError, HashMismatchError, WeightsFormatError)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# ---------------------------------------------------------------- list
+
+def _matches(entry: ModelEntry, args: argparse.Namespace) -> bool:
+    return (
+        fnmatch.fnmatchcase(entry.name, args.pattern)
+        and (entry.has_weights or not args.pretrained)
+        and args.method in (None, entry.method)
+        and args.dataset in (None, entry.dataset)
+        and args.quant in (None, entry.weight_kind)
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .metrics import entry_weight_memory, measured_top1
+
+    entries = [e for e in iter_entries() if _matches(e, args)]
+    if args.json:
+        _print_json([e.name for e in entries])
+        return 0
+    rows = [
+        (
+            e.name, e.method, e.dataset, e.weight_kind, str(e.T),
+            f"{entry_weight_memory(e.name)['weight_mb']:.2f}",
+            "yes" if e.has_weights else "no",
+            _percent(measured_top1(e, "lossless")),
+        )
+        for e in entries
+    ]
+    header = ("name", "method", "dataset", "weights", "T", "MB", "pretrained", "top1 lossless %")
+    print(_table(header, rows) if rows else "no model matches these filters")
+    return 0
+
+
+# ---------------------------------------------------------------- info
+
+def _info_lines(data: Dict[str, Any], indent: str = "") -> List[str]:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{key}:", *_info_lines(value, indent + "  ")]
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+            lines.append(f"{indent}{key}:")
+            for item in value:
+                lines += _info_lines(item, indent + "  - ")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"{indent}{key}: {', '.join(str(v) for v in value) or '-'}")
+        elif isinstance(value, str) and "\n" in value:
+            lines += [f"{indent}{key}: |", *(f"{indent}  {line}" for line in value.splitlines())]
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = get_entry(args.name).to_dict()
+    if args.json:
+        _print_json(info)
+    else:
+        print("\n".join(_info_lines(info)))
+    return 0
+
+
+# ---------------------------------------------------------------- loading a model with real weights
+
+def _weights_path(entry: ModelEntry, weights: Optional[str]) -> Path:
+    """The weights to use; refuses to go on without any, since random weights are no result."""
+    try:
+        return resolve_weights(entry, weights=weights)
+    except WeightsNotFoundError:
+        if weights is not None or entry.has_weights:
+            raise
+        raise CLIError(
+            f"{entry.name} has no published weights, so there is no pretrained model to run. Make them with "
+            f"`{entry.recipe}` and pass --weights PATH (or put {weights_filename(entry)} in $QSNN_ZOO_WEIGHTS)."
+        ) from None
+
+
+def _load_model(entry: ModelEntry, args: argparse.Namespace):
+    """``(model, weights record)``: the entry built with real weights, and where they came from."""
+    from . import create_model
+
+    path = _weights_path(entry, args.weights)
+    sha256 = sha256_of(path)
+    overrides = {} if args.T is None else {"T": args.T}
+    model = create_model(entry.name, weights=path, **overrides)
+    model.set_backend(args.backend)
+    record = {
+        "path": str(path),
+        "sha256": sha256,
+        "published": entry.weights is not None and sha256 == entry.weights.sha256,
+    }
+    return model, record
+
+
+def _configuration_notes(entry: ModelEntry, model, weights: Dict[str, Any]) -> List[str]:
+    """What makes a run differ from the published model, so no result passes for a pretrained one."""
+    notes = []
+    if not weights["published"]:
+        notes.append(f"weights are {weights['path']}, not the published checkpoint of {entry.name}")
+    if model.T != entry.T:
+        notes.append(f"T={model.T} overrides the published T={entry.T}")
+    return notes
+
+
+# ---------------------------------------------------------------- eval
+
+def _eval_data(entry: ModelEntry, root: Optional[str], limit: Optional[int]) -> ImageSet:
+    if root is None:
+        if entry.dataset != "cifar10":
+            raise CLIError(
+                f"the bundled sample is CIFAR-10 and {entry.name} is a {entry.dataset} model; pass "
+                f"--data DIR holding {entry.dataset} in torchvision's layout."
+            )
+        data = load_sample()
+    else:
+        data = load_cifar(root, "test", entry.dataset)
+    if limit is not None:
+        if limit < 1:
+            raise CLIError(f"--limit must be at least 1, got {limit}")
+        data = data.subset(slice(0, limit))
+    return data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics import accuracy, run_model, weight_memory
+
+    entry = get_entry(args.name)
+    data = _eval_data(entry, args.data, args.limit)
+    model, weights = _load_model(entry, args)
+    predictions, activity = run_model(model, data, entry.mean, entry.std, args.batch_size, args.device)
+    result = {
+        "model": entry.name,
+        "weights": weights,
+        "T": model.T,
+        "backend": args.backend,
+        "device": args.device,
+        "data": {
+            "source": data.source,
+            "rows": len(data),
+            "lossless_rows": None if data.lossless is None else int(data.lossless.sum()),
+        },
+        "accuracy": accuracy(predictions, data),
+        "activity": activity,
+        "weight_memory": weight_memory(model),
+        "notes": _configuration_notes(entry, model, weights),
+    }
+    if args.data is None:
+        result["notes"].append(f"bundled sample of {len(data)} lossless CIFAR-10 test images, not the full test set")
+    if args.json:
+        _print_json(result)
+    else:
+        print(_eval_report(result))
+    return 0
+
+
+def _eval_report(result: Dict[str, Any]) -> str:
+    acc, activity, memory = result["accuracy"], result["activity"], result["weight_memory"]
+    lines = [f"{result['model']}  (T={result['T']}, {result['backend']} backend on {result['device']})"]
+    lines += [f"  note: {note}" for note in result["notes"]]
+    lines.append(f"data: {result['data']['source']}, {result['data']['rows']} images")
+    if acc["lossless"] is not None:
+        lines.append(f"top-1 on lossless rows: {_percent(acc['lossless']['top1'])} % ({acc['lossless']['rows']} images)")
+    lines.append(f"top-1 on all rows:      {_percent(acc['all']['top1'])} % ({acc['all']['rows']} images)")
+    synops = activity["synaptic_operations"]
+    dense = activity["dense_first_layer"]
+    lines.append(f"synaptic operations per image: {synops['per_image']:,.0f} "
+                 f"(+ {dense['macs_per_image']:,} dense MACs in {dense['layer']})")
+    lines.append(f"spikes per image: {activity['spikes_per_image']:,.0f}")
+    lines.append("firing rate (spikes per neuron per step):")
+    lines += [f"  {name:<22} {rate:.4f}" for name, rate in activity["firing_rates"].items()]
+    lines.append(
+        f"weight memory: {memory['weight_mb']:.3f} MB weights ({memory['weight_bits']:,.0f} bits, "
+        f"{100 * memory['fraction_of_fp32']:.2f} % of fp32), {memory['total_mb']:.3f} MB with biases and scales"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- predict
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+    except FileNotFoundError:
+        raise CLIError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise CLIError(f"{path} is not an image PIL can read ({err})") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _class_name(entry: ModelEntry, index: int) -> str:
+    return CIFAR10_CLASSES[index] if entry.dataset == "cifar10" else f"class {index}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    entry = get_entry(args.name)
+    images = np.stack([_read_image(p) for p in args.images])
+    model, weights = _load_model(entry, args)
+    model.eval().to(args.device)
+    with torch.no_grad():
+        scores = model(to_tensor(images, entry.mean, entry.std, args.device)).cpu()
+    k = min(args.top, entry.num_classes)
+    top = scores.topk(k, dim=1)
+    predictions = [
+        {
+            "image": path,
+            "top": [
+                {"label": _class_name(entry, int(i)), "index": int(i), "score": float(s)}
+                for s, i in zip(values, indices)
+            ],
+        }
+        for path, values, indices in zip(args.images, top.values, top.indices)
+    ]
+    notes = _configuration_notes(entry, model, weights)
+    if args.json:
+        _print_json({"model": entry.name, "weights": weights, "score": entry.neuron.decoding,
+                     "predictions": predictions, "notes": notes})
+        return 0
+    print(f"{entry.name} (score: {entry.neuron.decoding})")
+    for note in notes:
+        print(f"  note: {note}")
+    for item in predictions:
+        print(item["image"])
+        for rank, guess in enumerate(item["top"], 1):
+            print(f"  {rank}. {guess['label']:<12} {guess['score']:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from .export import export_model
+    except ModuleNotFoundError as err:
+        if err.name == f"{__package__}.export":
+            raise CLIError("this installation of qsnn-zoo has no export module (qsnn_zoo/export.py)") from None
+        raise CLIError(f"export needs the package {err.name!r}: pip install 'qsnn-zoo[nir]'") from None
+    entry = get_entry(args.name)
+    try:
+        export_model(entry.name, args.format, args.output, weights=args.weights,
+                               allow_approximate=args.allow_approximate)
+    except (ValueError, NotImplementedError) as err:
+        raise CLIError(f"export of {args.name} to {args.format} failed: {err}") from None
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def _add_model_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="registry name (see `qsnn-zoo list`)")
+    parser.add_argument("--weights", help="weights file or directory (default: the published weights)")
+    parser.add_argument("--T", type=int, help="simulate this many timesteps instead of the entry's T")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--backend", choices=("reference", "fast"), default="reference",
+                        help="reference: one step at a time; fast: time folded into the batch")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qsnn-zoo", description="Pretrained binary and ternary spiking neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registry models")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on the name, e.g. 'vgg16_*'")
+    p.add_argument("--pretrained", action="store_true", help="only models with published weights")
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--quant", choices=WEIGHT_KINDS, help="weight kind")
+    p.add_argument("--json", action="store_true", help="print the names as JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="every field of a model's registry record")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="accuracy, firing rates, synaptic operations and weight memory")
+    _add_model_run_options(p)
+    p.add_argument("--data", help="CIFAR directory (.npz bundle or torchvision layout); default: the bundled sample")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 labels of image files")
+    _add_model_run_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--top", type=int, default=5, help="how many labels to show")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a model for neuromorphic tools (NIR) or deployment")
+    p.add_argument("name")
+    p.add_argument("--format", required=True, choices=("nir", "deploy"))
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--weights", help="weights file or directory (default: the published weights)")
+    p.add_argument("--allow-approximate", action="store_true",
+                   help="allow a format that cannot express the model exactly (the file says what differs)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "device", "unset") is None:
+        args.device = _default_device()
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"qsnn-zoo: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
