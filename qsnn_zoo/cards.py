@@ -1,0 +1,326 @@
+"""Model cards (``model_cards/NAME.md``) and the README's zoo table, generated from the registry.
+
+A card is the Hugging Face front matter followed by :data:`SECTIONS`, each a function
+``(entry) -> str`` (an empty string leaves the section out); a new section is one more function in
+that list. Output depends only on the registry and the repository's files, never on the date, so
+``scripts/make_cards.py --check`` can tell whether a committed card is stale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import yaml
+
+from ._registry import ModelEntry, iter_entries
+from .metrics import LOSSLESS_ROWS, MB, entry_weight_memory, measured_top1
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CARDS_DIR = "model_cards"
+RUNS_DIR = "runs"
+README = "README.md"
+TABLE_START = "<!-- zoo-table:start -->"
+TABLE_END = "<!-- zoo-table:end -->"
+HUB_REPO = "qsnn-zoo/qsnn-zoo"  # GitHub repository for torch.hub.load; a placeholder until published
+
+METHOD_NAMES = {"calib": "SNN-Calibration", "stbp": "STBP", "tsslbp": "TSSL-BP"}
+METHOD_TAGS = {"calib": "snn-calibration", "stbp": "stbp", "tsslbp": "tssl-bp"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+KIND_WORDS = {"fp32": "full-precision (fp32)", "bin": "binary", "ter": "ternary"}
+NEURON_NAMES = {"if": "integrate-and-fire (IF)", "lif": "leaky integrate-and-fire (LIF)", "tssl": "TSSL-BP spike-response neuron"}
+
+
+def _fence(language: str, code: str) -> str:
+    return f"```{language}\n{code.strip()}\n```"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _bits(entry: ModelEntry) -> str:
+    return {None: "32", "bin": "1", "ter": "1.6"}[entry.quant.mode]
+
+
+def _training_plots(entry: ModelEntry) -> List[Path]:
+    return sorted((REPO_ROOT / RUNS_DIR / entry.name).glob("*.png"))
+
+
+# ---------------------------------------------------------------- front matter
+
+def _model_index(entry: ModelEntry) -> List[dict]:
+    results = []
+    for data in dict.fromkeys(m.data for m in entry.metrics):
+        metrics = [
+            {"type": "accuracy", "value": m.value, "name": f"{m.name} accuracy ({m.rows} images)"}
+            for m in entry.metrics
+            if m.data == data
+        ]
+        results.append(
+            {
+                "task": {"type": "image-classification", "name": "Image Classification"},
+                "dataset": {"type": entry.dataset, "name": data, "split": "test"},
+                "metrics": metrics,
+            }
+        )
+    return [{"name": entry.name, "results": results}] if results else []
+
+
+def front_matter(entry: ModelEntry) -> str:
+    """Hugging Face metadata; ``model-index`` holds measured results only, and only if there are any."""
+    tags = ["snn", "spiking-neural-network"]
+    tags += ["quantization", f"{KIND_WORDS[entry.weight_kind]}-weights", "cbp-qsnn"] if entry.quant.mode else ["fp32"]
+    tags += [METHOD_TAGS[entry.method], entry.dataset, "image-classification"]
+    meta = {
+        "library_name": "qsnn-zoo",
+        "license": entry.license,
+        "pipeline_tag": "image-classification",
+        "tags": tags,
+        "datasets": [entry.dataset],
+    }
+    index = _model_index(entry)
+    if index:
+        meta["model-index"] = index
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---"
+
+
+# ---------------------------------------------------------------- sections
+
+def overview(entry: ModelEntry) -> str:
+    kind = KIND_WORDS[entry.weight_kind]
+    lines = [
+        f"# {entry.name}",
+        "",
+        entry.description,
+        "",
+        f"- Weights: {kind}; method: {METHOD_NAMES[entry.method]}; data: {DATASET_NAMES[entry.dataset]} "
+        f"({entry.num_classes} classes), input {'x'.join(map(str, entry.input_size))}; T = {entry.T} timesteps.",
+    ]
+    if entry.parent:
+        lines.append(f"- Quantized from the fp32 parent [{entry.parent}]({entry.parent}.md) with CBP (constrained backpropagation).")
+    if entry.weights is None:
+        lines.append(
+            f"- **No published weights yet.** Make them with `{entry.recipe}`, then load them with "
+            f"`create_model(\"{entry.name}\", weights=PATH)`."
+        )
+    else:
+        lines.append(f"- Weights: `{entry.weights.filename}` in [{entry.weights.hf_repo}](https://huggingface.co/"
+                     f"{entry.weights.hf_repo}) at revision `{entry.weights.revision}`, sha256 `{entry.weights.sha256}`.")
+    return "\n".join(lines)
+
+
+def settings(entry: ModelEntry) -> str:
+    n, q = entry.neuron, entry.quant
+    rows = [
+        ["timesteps T", str(entry.T)],
+        ["neuron model", NEURON_NAMES.get(n.model, n.model)],
+        ["threshold", str(n.threshold)],
+        ["reset", {"soft": "soft (subtract the threshold)", "hard": "hard (to zero)"}.get(n.reset, n.reset)],
+        ["spike condition", f"potential {n.comparison} threshold"],
+    ]
+    optional = [
+        ("potential decay per step", n.decay),
+        ("membrane time constant tau_m (steps)", n.tau_m),
+        ("synaptic time constant tau_s (steps)", n.tau_s),
+        ("input shift", None if n.shift is None else f"threshold x {n.shift} / T added to the input current every step"),
+    ]
+    rows += [[name, str(value)] for name, value in optional if value is not None]
+    rows += [
+        ["initial potential", n.initial_potential],
+        ["surrogate gradient", n.surrogate],
+        ["input encoding", n.encoding],
+        ["output decoding", n.decoding],
+        ["input normalisation", f"mean {list(entry.mean)}, std {list(entry.std)} (after scaling pixels to [0, 1])"],
+        ["weights", KIND_WORDS[entry.weight_kind]],
+        ["bits per quantized weight", "-" if q.bits is None else f"{q.bits:g}" + (" (base-3 packing, 5 a byte)" if q.mode == "ter" else "")],
+        ["quantized layers", ", ".join(q.quantized_layers) or "none"],
+        ["full-precision layers", ", ".join(q.full_precision_layers)],
+    ]
+    if q.mode:
+        rows += [["scale rule", q.scale], ["quantizer gradient", q.gradient]]
+    rows.append(["constructor arguments", ", ".join(f"{k}={v!r}" for k, v in entry.arch_kwargs)])
+    return "## Every setting\n\n" + _table(["setting", "value"], rows)
+
+
+def memory(entry: ModelEntry) -> str:
+    m = entry_weight_memory(entry.name)
+    rows = [
+        ["quantized weights", f"{m['quantized_weights']:,}", _bits(entry) if entry.quant.mode else "-"],
+        ["full-precision weights", f"{m['full_precision_weights']:,}", "32"],
+        ["biases and scales", f"{m['biases'] + m['scales']:,}", "32"],
+    ]
+    lines = [
+        "## Memory",
+        "",
+        "Computed from the model (`qsnn_zoo.metrics.weight_memory`); MB = 10^6 bytes.",
+        "",
+        _table(["values", "count", "bits each"], rows),
+        "",
+        f"- Weights: {m['weight_bits']:,.0f} bits = {m['weight_bytes']:,.0f} bytes = {m['weight_mb']:.2f} MB "
+        f"({100 * m['fraction_of_fp32']:.2f} % of the same weights in fp32, {m['fp32_weight_mb']:.2f} MB).",
+    ]
+    if entry.quant.mode == "ter":
+        lines.append(f"- With ternary weights at 2 bits each (SPEC A's table): {m['weight_mb_2bit_ternary']:.2f} MB.")
+    lines.append(f"- With biases and per-layer scales: {m['total_bytes']:,.0f} bytes = {m['total_mb']:.2f} MB.")
+    if entry.weights is not None:
+        lines.append(f"- Weights file on disk: {entry.weights.size:,} bytes = {entry.weights.size / MB:.2f} MB.")
+    return "\n".join(lines)
+
+
+def usage(entry: ModelEntry) -> str:
+    name = entry.name
+    python = f"""
+import qsnn_zoo
+model = qsnn_zoo.create_model("{name}", pretrained=True).eval()
+scores = model(images)  # images: float [B, 3, 32, 32], normalised as above; scores: [B, {entry.num_classes}]
+"""
+    hub = f"""
+import torch
+model = torch.hub.load("{HUB_REPO}", "{name}", pretrained=True)
+"""
+    timm = f"""
+import timm
+import qsnn_zoo  # registers the zoo's models with timm
+model = timm.create_model("{name}", pretrained=True)
+"""
+    cli = f"qsnn-zoo eval {name}" + ("" if entry.dataset == "cifar10" else " --data DIR") + f"\nqsnn-zoo predict {name} image.png"
+    lines = ["## Use it", ""]
+    if entry.weights is None:
+        lines += [
+            f"`pretrained=True` needs published weights, and this entry has none yet: make them with "
+            f"`python scripts/reproduce.py {name}` and pass `weights=PATH` instead (CLI: `--weights PATH`).",
+            "",
+        ]
+    lines += [_fence("python", python), "", _fence("python", hub), "", _fence("python", timm), "", _fence("bash", cli)]
+    return "\n".join(lines)
+
+
+def results(entry: ModelEntry) -> str:
+    lines = ["## Results", ""]
+    if entry.metrics:
+        rows = [[m.name, f"{m.value:.2f} %", m.data, str(m.rows), f"`{m.source}`"] for m in entry.metrics]
+        lines += [_table(["metric", "value", "measured on", "images", "produced by"], rows), ""]
+    else:
+        lines += ["No measured results yet" + (": there are no published weights." if entry.weights is None else "."), ""]
+    lines.append(f"Paper claim: {entry.paper_claim}")
+    return "\n".join(lines)
+
+
+def reproduce(entry: ModelEntry) -> str:
+    lines = ["## Reproduce", "", _fence("bash", entry.recipe), ""]
+    if entry.parent:
+        lines.append(f"It starts from the weights of [{entry.parent}]({entry.parent}.md).")
+    lines.append("Every step and setting is described in [docs/reproduce.md](../docs/reproduce.md).")
+    return "\n".join(lines)
+
+
+def training_curves(entry: ModelEntry) -> str:
+    plots = _training_plots(entry)
+    if not plots:
+        return ""
+    lines = ["## Training curves", ""]
+    lines += [f"![{p.stem}](../{RUNS_DIR}/{entry.name}/{p.name})" for p in plots]
+    return "\n".join(lines)
+
+
+def limitations(entry: ModelEntry) -> str:
+    items = []
+    if entry.dataset == "cifar10":
+        items.append(
+            "Accuracy was measured on an offline copy of CIFAR-10 whose test rows 0-1016 are lossless and the rest "
+            "JPEG recompressions: the lossless-row accuracy estimates canonical CIFAR-10 test accuracy (standard "
+            "error about 0.8 points), the all-row accuracy is a lower bound. Both are reported, named as such."
+        )
+    else:
+        items.append(
+            "CIFAR-100 was not available where the zoo was built, so nothing was measured on it; evaluate on your own "
+            "copy with `qsnn-zoo eval " + entry.name + " --data DIR` (torchvision's `cifar-100-python`)."
+        )
+    items.append(
+        f"The model expects 32x32 RGB images normalised with the mean/std above; it was trained on "
+        f"{DATASET_NAMES[entry.dataset]} only."
+    )
+    if entry.quant.mode:
+        items.append(
+            "Not every layer is quantized: " + ", ".join(entry.quant.full_precision_layers)
+            + " stay in fp32, so hardware needs a full-precision datapath for them."
+        )
+    items.append("The first layer receives analog currents, not spikes: `qsnn-zoo eval` reports its work as "
+                 "dense multiply-accumulates, separately from the synaptic operations of the spiking layers.")
+    return "## Limitations\n\n" + "\n".join(f"- {item}" for item in items)
+
+
+def citation(entry: ModelEntry) -> str:
+    return "## Citation\n\n" + _fence("bibtex", entry.citation)
+
+
+SECTIONS: List[Callable[[ModelEntry], str]] = [
+    overview,
+    settings,
+    memory,
+    usage,
+    results,
+    reproduce,
+    training_curves,
+    limitations,
+    citation,
+]
+
+
+def render_card(entry: ModelEntry) -> str:
+    parts = [front_matter(entry)] + [section(entry) for section in SECTIONS]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+# ---------------------------------------------------------------- README table
+
+def zoo_table() -> str:
+    rows = []
+    for e in iter_entries():
+        size = entry_weight_memory(e.name)["weight_mb"]
+        rows.append([
+            f"[{e.name}]({CARDS_DIR}/{e.name}.md)",
+            str(e.T),
+            _bits(e),
+            f"{size:.2f} MB",
+            _percent(measured_top1(e, "lossless")),
+            _percent(measured_top1(e, "all")),
+            e.paper_claim,
+        ])
+    header = ["model", "T", "bits", "weights", f"top-1 % ({LOSSLESS_ROWS})", "top-1 % (all rows)", "paper claim"]
+    return _table(header, rows)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def with_zoo_table(readme: str) -> str:
+    """``readme`` with the text between the zoo-table markers replaced by :func:`zoo_table`."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{README} needs the markers {TABLE_START} and {TABLE_END}, in that order, around the zoo table")
+    return readme[: start + len(TABLE_START)] + "\n" + zoo_table() + "\n" + readme[end:]
+
+
+# ---------------------------------------------------------------- files
+
+def expected_files() -> Dict[Path, str]:
+    """Every generated file of the repository with the text it must have."""
+    files = {REPO_ROOT / CARDS_DIR / f"{e.name}.md": render_card(e) for e in iter_entries()}
+    files[REPO_ROOT / README] = with_zoo_table((REPO_ROOT / README).read_text())
+    return files
+
+
+def orphan_cards() -> List[Path]:
+    """Cards of names that are not in the registry any more."""
+    names = {e.name for e in iter_entries()}
+    return sorted(p for p in (REPO_ROOT / CARDS_DIR).glob("*.md") if p.stem not in names)
+
+
+def stale_files() -> List[Path]:
+    """Generated files that are missing, out of date, or (cards) of unregistered names."""
+    stale = [p for p, text in expected_files().items() if not p.is_file() or p.read_text() != text]
+    return stale + orphan_cards()
