@@ -1,0 +1,47 @@
+import dataclasses
+
+import yaml
+from huggingface_hub import ModelCard
+
+from qsnn_zoo import get_entry
+from qsnn_zoo._registry import Metric, WeightsFile
+from qsnn_zoo.cards import REPO_ROOT, SECTIONS, render_card, stale_files
+
+
+def test_cards_and_readme_table_are_up_to_date():
+    stale = [str(p.relative_to(REPO_ROOT)) for p in stale_files()]
+    assert not stale, f"stale generated files {stale}: run `python scripts/make_cards.py` and commit"
+
+
+def _front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_without_weights_says_how_to_make_them_and_claims_no_results():
+    card = render_card(get_entry("cnn7_cifar10_bin_stbp"))
+    meta = _front_matter(card)
+    assert meta["library_name"] == "qsnn-zoo" and "model-index" not in meta
+    assert {"snn", "spiking-neural-network", "quantization", "binary-weights", "stbp", "cifar10"} <= set(meta["tags"])
+    assert "No published weights yet" in card and "python scripts/reproduce.py cnn7_cifar10_bin_stbp" in card
+    for setting in ("decay", "threshold", "hard", "boxcar", "pool1, conv2", "conv1, fc3"):
+        assert setting in card
+
+
+def test_measured_results_reach_the_model_index():
+    entry = dataclasses.replace(
+        get_entry("vgg16_cifar10_bin_calib"),
+        weights=WeightsFile("vgg16_cifar10_bin_calib.safetensors", "0" * 64, 1_900_000, "org/repo", "a" * 40),
+        metrics=(Metric("top1", 91.25, "cifar10 test, lossless rows", 1017, "runs/x/eval.json"),
+                 Metric("top1", 87.5, "cifar10 test, all rows", 10000, "runs/x/eval.json")),
+    )
+    card = render_card(entry)
+    parsed = ModelCard(card).data.to_dict()
+    values = [m["value"] for r in parsed["model-index"][0]["results"] for m in r["metrics"]]
+    assert values == [91.25, 87.5]
+    assert "No published weights" not in card and "1,900,000 bytes" in card
+
+
+def test_sections_are_functions_of_the_entry():
+    entry = get_entry("alexnet_cifar10_ter_tsslbp")
+    assert all(isinstance(section(entry), str) for section in SECTIONS)
+    assert render_card(entry) == render_card(entry)

@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qsnn_zoo
+from qsnn_zoo.cli import main
+
+SMALL = "vgg16_cifar10_bin_calib"  # cheapest family to simulate; run at T=2 below
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    torch.manual_seed(0)
+    qsnn_zoo.save_weights(qsnn_zoo.create_model(SMALL, T=2), path)
+    return path
+
+
+def run_json(capsys, *argv):
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_list_filters(capsys):
+    names = run_json(capsys, "list", "--method", "stbp", "--quant", "ter")
+    assert names == ["cnn7_cifar100_ter_stbp", "cnn7_cifar10_ter_stbp"]
+    assert run_json(capsys, "list", "vgg16_*", "--dataset", "cifar100") == [
+        "vgg16_cifar100_bin_calib", "vgg16_cifar100_fp32_calib", "vgg16_cifar100_ter_calib"]
+    assert run_json(capsys, "list", "--pretrained") == qsnn_zoo.list_models(pretrained=True)
+    assert main(["list", "alexnet_*"]) == 0
+    table = capsys.readouterr().out
+    assert "alexnet_cifar10_bin_tsslbp" in table and "cnn7" not in table
+
+
+def test_info_json_has_every_field(capsys):
+    info = run_json(capsys, "info", "cnn7_cifar10_bin_stbp")
+    assert info == json.loads(json.dumps(qsnn_zoo.model_info("cnn7_cifar10_bin_stbp")))
+    assert info["neuron"]["decay"] == 0.25 and info["quant"]["mode"] == "bin"
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["info", "vgg16_cifar10_bin_calibb"]) == 2
+    assert "vgg16_cifar10_bin_calib" in capsys.readouterr().err
+
+
+def test_eval_on_bundled_sample(capsys, random_weights):
+    result = run_json(capsys, "eval", SMALL, "--weights", str(random_weights), "--T", "2", "--limit", "16",
+                      "--batch-size", "16", "--device", "cpu")
+    assert {"model", "weights", "T", "data", "accuracy", "activity", "weight_memory", "notes"} <= set(result)
+    assert result["weights"]["published"] is False
+    assert any("not the published checkpoint" in note for note in result["notes"])
+    assert result["data"]["rows"] == result["data"]["lossless_rows"] == 16
+    assert result["accuracy"]["lossless"]["rows"] == result["accuracy"]["all"]["rows"] == 16
+    activity = result["activity"]
+    rates = activity["firing_rates"]
+    assert len(rates) == 18 and all(0.0 <= r <= 1.0 for r in rates.values()) and rates["features.0.neuron"] > 0
+    # features.1.conv (3x3, 64 outputs, padding 1) gives each input spike 4 to 9 targets per channel
+    spikes_in = rates["features.0.neuron"] * 64 * 32 * 32 * 2
+    synops = activity["synaptic_operations"]["per_layer"]["features.1.conv"]
+    assert 64 * 4 * spikes_in <= synops <= 64 * 9 * spikes_in
+    assert activity["dense_first_layer"]["macs_per_image"] == 2 * 64 * 32 * 32 * 27
+    assert result["weight_memory"]["weight_mb"] == pytest.approx(1.87, abs=0.01)
+
+
+def test_eval_without_weights_refuses(capsys):
+    assert main(["eval", "alexnet_cifar10_ter_tsslbp", "--T", "2", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no published weights" in err and "scripts/reproduce.py alexnet_cifar10_ter_tsslbp" in err
+
+
+def test_eval_bad_data_dir_exits_2(capsys, tmp_path, random_weights):
+    assert main(["eval", SMALL, "--weights", str(random_weights), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "neither the .npz bundle" in err and "Traceback" not in err
+
+
+def test_eval_mislabelled_data_exits_2(capsys, tmp_path, random_weights):
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.savez(tmp_path / "test.npz", images=images, labels=np.array([3, 42], np.uint8))
+    assert main(["eval", SMALL, "--weights", str(random_weights), "--data", str(tmp_path)]) == 2
+    assert "mislabelled" in capsys.readouterr().err
+
+
+def test_predict_png(capsys, tmp_path, random_weights):
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(image)
+    result = run_json(capsys, "predict", SMALL, str(image), "--weights", str(random_weights), "--T", "2")
+    top = result["predictions"][0]["top"]
+    assert len(top) == 5 and len({t["label"] for t in top}) == 5
+    assert all(t["label"] in qsnn_zoo.data.CIFAR10_CLASSES for t in top)
+    assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+
+
+def test_predict_unreadable_image(capsys, tmp_path, random_weights):
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    assert main(["predict", SMALL, str(bad), "--weights", str(random_weights), "--T", "2"]) == 2
+    assert "not an image" in capsys.readouterr().err
+
+
+def test_export_calls_export_model(capsys, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("qsnn_zoo.export")
+    fake.export_model = lambda *args, **kwargs: calls.append((args, kwargs))
+    monkeypatch.setitem(sys.modules, "qsnn_zoo.export", fake)
+    out = tmp_path / "m.nir"
+    assert main(["export", SMALL, "--format", "nir", "-o", str(out), "--allow-approximate"]) == 0
+    assert calls == [((SMALL, "nir", str(out)), {"weights": None, "allow_approximate": True})]
+
+    def failing(*args, **kwargs):
+        raise ValueError("the deploy format has no TSSL neuron")
+
+    fake.export_model = failing
+    assert main(["export", SMALL, "--format", "deploy", "-o", str(out)]) == 2
+    assert "no TSSL neuron" in capsys.readouterr().err
