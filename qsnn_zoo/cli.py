@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -285,18 +286,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- export
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        from .export import export_model
-    except ModuleNotFoundError as err:
-        if err.name == f"{__package__}.export":
-            raise CLIError("this installation of qsnn-zoo has no export module (qsnn_zoo/export.py)") from None
-        raise CLIError(f"export needs the package {err.name!r}: pip install 'qsnn-zoo[nir]'") from None
     entry = get_entry(args.name)
     try:
+        from .export import export_model
+
         export_model(entry.name, args.format, args.output, weights=args.weights,
-                               allow_approximate=args.allow_approximate)
+                     allow_approximate=args.allow_approximate)
+    except ImportError as err:  # no export module in this install, or its optional dependency missing
+        raise CLIError(f"export to {args.format} is not available here: {err}") from None
     except (ValueError, NotImplementedError) as err:
-        raise CLIError(f"export of {args.name} to {args.format} failed: {err}") from None
+        raise CLIError(f"export of {entry.name} to {args.format} failed: {err}") from None
     print(f"wrote {args.output}")
     return 0
 
@@ -364,6 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         print(f"qsnn-zoo: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # the reader (e.g. `| head`) closed early; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

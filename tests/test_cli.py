@@ -119,3 +119,10 @@ def test_export_calls_export_model(capsys, tmp_path, monkeypatch):
     fake.export_model = failing
     assert main(["export", SMALL, "--format", "deploy", "-o", str(out)]) == 2
     assert "no TSSL neuron" in capsys.readouterr().err
+
+    def needs_nir(*args, **kwargs):
+        raise ImportError("NIR export needs the nir package: pip install qsnn-zoo[nir]")
+
+    fake.export_model = needs_nir
+    assert main(["export", SMALL, "--format", "nir", "-o", str(out)]) == 2
+    assert "pip install qsnn-zoo[nir]" in capsys.readouterr().err
