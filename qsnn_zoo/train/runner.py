@@ -1,0 +1,65 @@
+"""Command-line plumbing shared by ``scripts/train_fp32.py``, ``quantize_cbp.py`` and ``reproduce.py``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+from .._registry import get_entry
+from ..hub import WeightsNotFoundError, resolve_weights
+from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
+from . import distributed
+from .pipelines import run_stage, weights_path
+
+# Recipe settings a quick run shares with the parent that reproduce.py trains first; the others
+# (learning rates, optimizers, ...) differ between fp32 training and CBP and stay the parent's own.
+SHARED_WITH_PARENT = ("epochs", "T")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def print_recipes(name: str, overrides: Dict) -> None:
+    for stage in stages_for(name):
+        recipe = apply_overrides(recipe_for(name, stage, use_bn=overrides.get("use_bn", False)), overrides)
+        print(f"{name} / {stage}")
+        for key, value in recipe.to_dict().items():
+            print(f"  {key:<18} {value}")
+
+
+def run_entry(name: str, args: argparse.Namespace, overrides: Optional[Dict] = None) -> Optional[Path]:
+    """Runs every stage of ``name`` with the SPEC recipe and ``overrides``; returns the weights path
+    (None when stopped early with --stop-after-epoch)."""
+    overrides = recipe_overrides(args) if overrides is None else overrides
+    options = run_options(args)
+    path = None
+    for stage in stages_for(name):
+        recipe = apply_overrides(recipe_for(name, stage, use_bn=overrides.get("use_bn", False)), overrides)
+        path = run_stage(name, recipe, options)
+        if path is None:
+            return None
+    return path
+
+
+def parent_available(name: str, options: RunOptions) -> bool:
+    """Whether CBP for ``name`` has fp32 weights to start from without training them."""
+    parent = get_entry(name).parent
+    if options.parent_weights or weights_path(options.out, parent).is_file():
+        return True
+    try:
+        resolve_weights(get_entry(parent))
+    except WeightsNotFoundError:
+        return False
+    return True
+
+
+def parent_overrides(overrides: Dict) -> Dict:
+    return {k: v for k, v in overrides.items() if k in SHARED_WITH_PARENT}
+
+
+def finish() -> None:
+    """Leaves the process group, if a torchrun launch made one."""
+    distributed.shutdown()

@@ -1,0 +1,58 @@
+"""Top-1 accuracy of a registry entry's weights on the CIFAR test set, as training measures it.
+
+    python scripts/evaluate.py vgg16_cifar10_bin_calib --weights work_dirs/vgg16_cifar10_bin_calib
+    python scripts/evaluate.py cnn7_cifar10_fp32_stbp --pretrained --json
+
+Reports all rows and, for the offline bundle, the lossless rows separately. For firing rates,
+synaptic operations and weight memory use `qsnn-zoo eval`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qsnn_zoo import create_model, get_entry  # noqa: E402
+from qsnn_zoo.data import load_cifar  # noqa: E402
+from qsnn_zoo.train.config import DEFAULT_DATA  # noqa: E402
+from qsnn_zoo.train.distributed import pick_device  # noqa: E402
+from qsnn_zoo.train.loop import evaluate  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="registry entry")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="weights file, or a directory holding NAME.safetensors")
+    source.add_argument("--pretrained", action="store_true", help="the published weights")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR directory (default: %(default)s)")
+    parser.add_argument("--T", type=int, help="simulation length (default: the entry's)")
+    parser.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--backend", choices=("reference", "fast"), help="default: fast on cuda, reference on cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit-test", type=int, default=0, help="only the first N test images")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    entry = get_entry(args.name)
+    device = pick_device(args.device)
+    overrides = {"T": args.T} if args.T else {}
+    model = create_model(args.name, pretrained=args.pretrained, weights=args.weights, **overrides).to(device)
+    model.set_backend(args.backend or ("fast" if device.type == "cuda" else "reference"))
+    data = load_cifar(args.data, "test", entry.dataset)
+    if args.limit_test:
+        data = data.subset(slice(0, args.limit_test))
+    result = {"name": args.name, **evaluate(model, data, entry.mean, entry.std, args.batch_size, device, amp=args.amp)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        lossless = f"{result['top1_lossless']:.2f} % on {result['rows_lossless']} lossless rows, " if result["rows_lossless"] else ""
+        print(f"{args.name}: top-1 {lossless}{result['top1_all']:.2f} % on all {result['rows_all']} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
