@@ -86,7 +86,7 @@ if triton is not None:
 
     @triton.jit
     def _if_forward_kernel(cur_ptr, spk_ptr, pot_ptr, init_ptr, vth_ptr, bias_ptr, vout_ptr, N, T,
-                           stride_t, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr):
+                           stride_t, HAS_INIT: tl.constexpr, SAVE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         vth = tl.load(vth_ptr)
@@ -103,7 +103,8 @@ if triton is not None:
             i = tl.load(cur, mask=mask, other=0.0).to(tl.float32)
             u = u + i + bias
             fire = u - vth >= 0
-            tl.store(pot, u, mask=mask)
+            if SAVE:
+                tl.store(pot, u, mask=mask)
             tl.store(spk, tl.where(fire, v_out, 0.0), mask=mask)
             u = u - tl.where(fire, vth, 0.0)
             cur += stride_t
@@ -138,7 +139,7 @@ if triton is not None:
 
     @triton.jit
     def _lif_forward_kernel(cur_ptr, spk_ptr, pot_ptr, N, T, stride_t, threshold, decay,
-                            BLOCK: tl.constexpr):
+                            SAVE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         u = tl.zeros([BLOCK], dtype=tl.float32)
@@ -150,7 +151,8 @@ if triton is not None:
             i = tl.load(cur, mask=mask, other=0.0).to(tl.float32)
             u = decay * u * (1 - o) + i
             o = tl.where(u - threshold > 0, 1.0, 0.0)
-            tl.store(pot, u, mask=mask)
+            if SAVE:
+                tl.store(pot, u, mask=mask)
             tl.store(spk, o.to(spk_ptr.dtype.element_ty), mask=mask)
             cur += stride_t
             spk += N
@@ -182,27 +184,32 @@ if triton is not None:
     # ------------------------------------------------------------------------ TSSL-BP
 
     @triton.jit
-    def _tssl_forward_kernel(cur_ptr, psp_ptr, du_ptr, pre_ptr, N, T, stride_t, keep_m, inv_tau_m,
-                             keep_s, inv_tau_s, threshold, BLOCK: tl.constexpr):
+    def _tssl_forward_kernel(cur_ptr, psp_ptr, spk_ptr, du_ptr, pre_ptr, N, T, stride_t, keep_m, inv_tau_m,
+                             keep_s, inv_tau_s, threshold, SAVE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         u = tl.zeros([BLOCK], dtype=tl.float32)
         a = tl.zeros([BLOCK], dtype=tl.float32)
         cur = cur_ptr + offs
         psp = psp_ptr + offs
+        spk = spk_ptr + offs
         du = du_ptr + offs
         pre = pre_ptr + offs
         for _ in range(T):
             i = tl.load(cur, mask=mask, other=0.0).to(tl.float32)
-            tl.store(du, -u * inv_tau_m + i, mask=mask)
+            if SAVE:
+                tl.store(du, -u * inv_tau_m + i, mask=mask)
             u_tilde = keep_m * u + i
             o = tl.where(u_tilde > threshold, 1.0, 0.0)
             u = u_tilde * (1 - o)
             a = keep_s * a + o * inv_tau_s
-            tl.store(pre, u_tilde, mask=mask)
+            if SAVE:
+                tl.store(pre, u_tilde, mask=mask)
             tl.store(psp, a.to(psp_ptr.dtype.element_ty), mask=mask)
+            tl.store(spk, o.to(spk_ptr.dtype.element_ty), mask=mask)
             cur += stride_t
             psp += N
+            spk += N
             du += N
             pre += N
 
@@ -258,16 +265,17 @@ class _IFFunction(torch.autograd.Function):
         n = slab.numel()
         v_th = threshold.detach().to(device=current.device, dtype=torch.float32).reshape(1)
         bias = v_th * shift_per_step  # the reference's threshold * shift / T, in its fp32
+        save = ctx.needs_input_grad[0]
         spikes = _empty_steps(slab, T, current.dtype)
-        potential = _empty_steps(slab, T, torch.float32)
+        potential = _empty_steps(slab, T if save else 1, torch.float32)  # inference saves nothing
         if initial_potential is None:
             init = v_th  # never read
         else:
             init = initial_potential.detach().to(torch.float32).expand(slab.shape)
             init = _same_layout(init, potential[0])
         _if_forward_kernel[_grid(n)](current, spikes, potential, init, v_th, bias, v_th.to(current.dtype), n, T,
-                                     stride_t,
-                                     HAS_INIT=initial_potential is not None, BLOCK=BLOCK, **_LAUNCH)
+                                     stride_t, HAS_INIT=initial_potential is not None, SAVE=save, BLOCK=BLOCK,
+                                     **_LAUNCH)
         ctx.save_for_backward(potential, v_th)
         ctx.alpha = alpha
         ctx.current_dtype = current.dtype
@@ -290,10 +298,11 @@ class _LIFFunction(torch.autograd.Function):
         current, stride_t = _prepare(current)
         T, slab = current.shape[0], current[0]
         n = slab.numel()
+        save = ctx.needs_input_grad[0]
         spikes = _empty_steps(slab, T, current.dtype)
-        potential = _empty_steps(slab, T, torch.float32)
+        potential = _empty_steps(slab, T if save else 1, torch.float32)
         _lif_forward_kernel[_grid(n)](current, spikes, potential, n, T, stride_t, float(threshold),
-                                      float(decay), BLOCK=BLOCK, **_LAUNCH)
+                                      float(decay), SAVE=save, BLOCK=BLOCK, **_LAUNCH)
         ctx.save_for_backward(potential)
         ctx.constants = (float(threshold), float(decay), float(lens))
         ctx.current_dtype = current.dtype
@@ -317,17 +326,19 @@ class _TSSLFunction(torch.autograd.Function):
         current, stride_t = _prepare(current)
         T, slab = current.shape[0], current[0]
         n = slab.numel()
+        save = ctx.needs_input_grad[0]
         psp = _empty_steps(slab, T, current.dtype)
-        du = _empty_steps(slab, T, torch.float32)
-        u_pre = _empty_steps(slab, T, torch.float32)
+        spikes = _empty_steps(slab, T, current.dtype)
+        du = _empty_steps(slab, T if save else 1, torch.float32)
+        u_pre = _empty_steps(slab, T if save else 1, torch.float32)
         # The reference multiplies by (1 - 1/tau) and divides by tau; dividing an fp32 by a Python
         # scalar on CUDA is done by PyTorch as a multiply by its fp32 reciprocal, as here.
-        _tssl_forward_kernel[_grid(n)](current, psp, du, u_pre, n, T, stride_t, 1 - 1 / tau_m, 1 / tau_m,
-                                       1 - 1 / tau_s, 1 / tau_s, float(threshold), BLOCK=BLOCK, **_LAUNCH)
+        _tssl_forward_kernel[_grid(n)](current, psp, spikes, du, u_pre, n, T, stride_t, 1 - 1 / tau_m, 1 / tau_m,
+                                       1 - 1 / tau_s, 1 / tau_s, float(threshold), SAVE=save, BLOCK=BLOCK,
+                                       **_LAUNCH)
         ctx.save_for_backward(du, u_pre)
         ctx.constants = (tau_m, tau_s, float(threshold), float(alpha))
         ctx.current_dtype = current.dtype
-        spikes = (u_pre > threshold).to(current.dtype)
         ctx.mark_non_differentiable(spikes)
         return psp, spikes
 
