@@ -1,0 +1,276 @@
+"""Training data on the device: decode once, keep uint8 images there, augment whole batches there.
+
+A CPU DataLoader with per-image PIL transforms starves a GPU that runs a small SNN; here the
+decoded CIFAR images (50k x 3 KiB = 150 MiB as uint8) are moved to the device once, and every
+batch is gathered, augmented and normalised there. Crop, flip and Cutout are vectorised with
+per-sample randomness; AutoAugment runs torchvision's transform once per image (see
+:class:`AutoAugmentCIFAR10` for why and what it costs).
+
+All randomness comes from CPU ``torch.Generator`` objects seeded from (seed, epoch): the order
+and the augmentations are the same on every device and can be resumed at any batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import ImageSet
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+SEED_RANGE = 2**62
+
+# SPEC E.2's order: crop, flip, AutoAugment (on uint8 pixels), ToTensor, Cutout (on [0, 1] floats), Normalize.
+AUGMENTATIONS = ("crop_flip", "autoaugment", "cutout")
+
+
+class RandomCropFlip:
+    """RandomCrop(32, padding=4) with zero padding, then RandomHorizontalFlip(p=0.5), per sample.
+
+    Offsets are drawn as torchvision draws them (top, left uniform in 0..2*padding); the crop and
+    the flip are one gather over the padded batch.
+    """
+
+    def __init__(self, padding: int = 4) -> None:
+        self.padding = padding
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(offsets [B, 2] as (top, left), flips [B] bool)``."""
+        offsets = torch.randint(0, 2 * self.padding + 1, (batch_size, 2), generator=generator)
+        flips = torch.rand(batch_size, generator=generator) < 0.5
+        return offsets, flips
+
+    def apply(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crops ``images [B, C, H, W]`` at ``offsets`` of the padded image and mirrors where ``flips``."""
+        b, _, h, w = images.shape
+        p, device = self.padding, images.device
+        padded = F.pad(images, (p, p, p, p))
+        offsets, flips = offsets.to(device), flips.to(device)
+        columns = torch.arange(w, device=device)
+        columns = torch.where(flips.view(-1, 1), columns.flip(0), columns)
+        rows = offsets[:, :1] + torch.arange(h, device=device)
+        columns = offsets[:, 1:] + columns
+        batch = torch.arange(b, device=device).view(-1, 1, 1)
+        # Advanced indices around the channel slice put their broadcast dims first: [B, H, W, C].
+        return padded[batch, :, rows.view(b, h, 1), columns.view(b, 1, w)].permute(0, 3, 1, 2).contiguous()
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(images, *self.sample(len(images), generator))
+
+
+class Cutout:
+    """One ``size`` x ``size`` hole per image, centre uniform over the image, clipped at the borders.
+
+    As in DeVries & Taylor's code that SNN-Calibration uses, on [0, 1] pixels before Normalize:
+    the hole is 0 there, so -mean/std after normalisation (SPEC E.2).
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+
+    def sample(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """Hole centres ``[B, 2]`` as (row, column)."""
+        rows = torch.randint(0, height, (batch_size,), generator=generator)
+        columns = torch.randint(0, width, (batch_size,), generator=generator)
+        return torch.stack([rows, columns], dim=1)
+
+    def apply(self, images: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = images.shape
+        centres, half = centres.to(images.device), self.size // 2
+        start = (centres - half).clamp(min=0)
+        stop = torch.minimum(centres + half, torch.tensor([h, w], device=images.device))
+        rows = torch.arange(h, device=images.device)
+        columns = torch.arange(w, device=images.device)
+        in_rows = (rows >= start[:, :1]) & (rows < stop[:, :1])
+        in_columns = (columns >= start[:, 1:]) & (columns < stop[:, 1:])
+        hole = in_rows.unsqueeze(2) & in_columns.unsqueeze(1)
+        return images.masked_fill(hole.unsqueeze(1), 0.0)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _, _, h, w = images.shape
+        return self.apply(images, self.sample(len(images), h, w, generator))
+
+
+class AutoAugmentCIFAR10:
+    """AutoAugment's CIFAR-10 policy with fill 128, one random sub-policy per image.
+
+    torchvision's ``v2.AutoAugment(CIFAR10, fill=128)`` draws one sub-policy per call for the whole
+    input, so per-sample randomness needs one call per image; the loop runs on the device and
+    costs a few small kernels per image (``scripts/bench_loader.py`` measures it). torchvision
+    draws from the global CPU generator: each batch seeds it from the loader's generator inside
+    ``fork_rng``, so the augmentation is reproducible and the caller's random state is untouched.
+
+    Same 25 sub-policies, probabilities and magnitude bins as the CIFAR10Policy (DeepVoltaire's
+    AutoAugment port) that SNN-Calibration uses. Differences, all small: shear uses nearest
+    interpolation here, bicubic there; the solarize thresholds are 255*(1 - k/9) here,
+    256*(1 - k/9) there; equalize/autocontrast/sharpness are torchvision's tensor kernels, not
+    PIL's; an operation fires when rand <= p here, rand < p there.
+    """
+
+    def __init__(self, fill: int = 128) -> None:
+        from torchvision.transforms import v2
+
+        self.transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=fill)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(SEED_RANGE, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            # Seeds only the CPU generator: torch.manual_seed would also reseed CUDA's.
+            torch.random.default_generator.manual_seed(seed)
+            return torch.stack([self.transform(image) for image in images])
+
+
+_PIXEL_STAGES: Dict[str, Callable[[], Callable]] = {"crop_flip": RandomCropFlip, "autoaugment": AutoAugmentCIFAR10}
+_FLOAT_STAGES: Dict[str, Callable[[], Callable]] = {"cutout": Cutout}
+
+
+class Augment:
+    """Training augmentations by name, e.g. ``("crop_flip", "autoaugment", "cutout")`` (SNN-Calibration,
+    SPEC E.2) or ``("crop_flip",)`` (STBP, TSSL-BP).
+
+    Names must follow SPEC E.2's order (:data:`AUGMENTATIONS`); a reordered list is refused rather
+    than silently sorted, since it would describe a different recipe. Takes uint8 ``[B, C, H, W]``
+    and returns float32 pixels in [0, 1] (normalisation is the loader's).
+    """
+
+    def __init__(self, names: Union[str, Sequence[str]]) -> None:
+        if isinstance(names, str):
+            names = tuple(n.strip() for n in names.split(",") if n.strip())
+        names = tuple(names)
+        unknown = [n for n in names if n not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
+        if list(names) != sorted(set(names), key=AUGMENTATIONS.index):
+            in_order = [n for n in AUGMENTATIONS if n in names]
+            raise ValueError(f"augmentations {list(names)} must appear once each in SPEC E.2's order: {in_order}")
+        self.names = names
+        self.pixel_stages = [_PIXEL_STAGES[n]() for n in names if n in _PIXEL_STAGES]
+        self.float_stages = [_FLOAT_STAGES[n]() for n in names if n in _FLOAT_STAGES]
+
+    def __repr__(self) -> str:
+        return f"Augment({self.names})"
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for stage in self.pixel_stages:
+            images = stage(images, generator)
+        x = images.float().div_(255)
+        for stage in self.float_stages:
+            x = stage(x, generator)
+        return x
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # Not seed + epoch: the trials use seeds 1000 + i (SPEC E.5), so trial 1's first epoch would
+    # replay trial 0's second. SeedSequence mixes the pair into one well-spread seed.
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0] % SEED_RANGE)
+
+
+class DeviceLoader:
+    """Batches ``(x, y)`` of a uint8 image set held on ``device``: x float32 normalised ``[B, C, H, W]``,
+    y int64 ``[B]``.
+
+    Each epoch, ``set_epoch(e)`` fixes the permutation (identical on every rank) and the
+    augmentation seeds; as with DistributedSampler, iterating again without ``set_epoch``
+    repeats the epoch. With ``world_size > 1`` rank r takes every world_size-th index of the
+    permutation from r, after trimming to a multiple of world_size, so shards are disjoint and
+    every rank has the same number of batches. Each batch draws its augmentations from its own
+    generator, so ``set_epoch(e, start_batch=k)`` resumes exactly at batch k.
+    """
+
+    def __init__(
+        self,
+        images: ArrayLike,
+        labels: ArrayLike,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Optional[Augment] = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        device: Union[str, torch.device] = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        images = torch.as_tensor(images)
+        labels = torch.as_tensor(labels)
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(mean):
+            raise ValueError(
+                f"images must be uint8 [N, H, W, {len(mean)}] (NHWC, as load_cifar returns them), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+        if batch_size < 1 or len(images) // world_size < (batch_size if drop_last else 1):
+            raise ValueError(
+                f"{len(images)} images over {world_size} rank(s) make no batch of {batch_size}; "
+                "use more images or a smaller batch"
+            )
+        self.device = torch.device(device)
+        self.images = images.to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.labels = labels.to(self.device, torch.int64)
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def samples_per_rank(self) -> int:
+        return len(self.labels) // self.world_size
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.samples_per_rank // self.batch_size
+        return math.ceil(self.samples_per_rank / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in 0..{len(self)}, got {start_batch}")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def epoch_plan(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's sample indices for the epoch, and one augmentation seed per batch."""
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        shard = order[self.rank : self.samples_per_rank * self.world_size : self.world_size]
+        batch_seeds = torch.randint(SEED_RANGE, (self.world_size, len(self)), generator=generator)[self.rank]
+        return shard, batch_seeds
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> (x - mean) / std, as :func:`qsnn_zoo.data.to_tensor` computes it."""
+        return (x - self.mean) / self.std
+
+    def __iter__(self):
+        shard, batch_seeds = self.epoch_plan()
+        shard = shard.to(self.device)
+        for b in range(self.start_batch, len(self)):
+            index = shard[b * self.batch_size : (b + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment is None:
+                x = images.float().div_(255)
+            else:
+                x = self.augment(images, torch.Generator().manual_seed(int(batch_seeds[b])))
+            yield self.normalise(x), self.labels[index]
+
+
+def holdout_split(image_set: ImageSet, val_size: int = 5000) -> Tuple[ImageSet, ImageSet]:
+    """``(train, val)``: the last ``val_size`` training images become the validation set, so model
+    selection never looks at the test set (SPEC G.1)."""
+    if not 0 < val_size < len(image_set):
+        raise ValueError(f"val_size must be in 1..{len(image_set) - 1} for {len(image_set)} images, got {val_size}")
+    cut = len(image_set) - val_size
+    return image_set.subset(slice(0, cut)), image_set.subset(slice(cut, None))
