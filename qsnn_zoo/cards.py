@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional
 import yaml
 
 from ._registry import ModelEntry, iter_entries
+from .export import hardware_section
 from .metrics import LOSSLESS_ROWS, MB, entry_weight_memory, measured_top1
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +264,7 @@ SECTIONS: List[Callable[[ModelEntry], str]] = [
     usage,
     results,
     reproduce,
+    hardware_section,
     training_curves,
     limitations,
     citation,
