@@ -1,0 +1,469 @@
+"""Speed and memory of every model: the fast path against the readable reference, on random data.
+
+For each model it first checks on the device that the two paths agree (fused neurons: identical
+spikes, gradients within rounding; whole models: spike and prediction agreement), then times with
+device events after warm-up, median of many runs:
+
+- one full training step of the model's recipe (SPEC B.4/B.7: forward, loss + lambda * C, backward,
+  clip, optimizer step, clamp) at the recipe's batch size and T, with its peak memory;
+- inference (forward of a batch) at the recipe's batch size, 128 and 1024 images.
+
+Variants: ``reference`` (one step at a time, fp32), ``fast`` (time folded into the batch, fused
+Triton neurons, channels_last, fp32 with PyTorch's default TF32 convolutions), ``fast_bf16`` (the
+same under bf16 autocast) and, for inference on CUDA, ``fast_bf16_graph`` (replayed CUDA graph).
+Each workload also gets its floor: the convolution/linear FLOPs at the measured bf16 matmul rate
+plus the minimal neuron-state bytes at the measured copy bandwidth.
+
+    python scripts/benchmark.py --out benchmarks/          # GPU, all CIFAR-10 models
+    python scripts/benchmark.py --device cpu --quick --out /tmp/bench
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+import qsnn_zoo
+from qsnn_zoo._registry import get_entry
+from qsnn_zoo.cbp import CBP
+from qsnn_zoo.data import load_sample, to_tensor
+from qsnn_zoo.layers import fused
+from qsnn_zoo.layers.neurons import SpikingNeuron
+from qsnn_zoo.testing import compare_backends, compare_neuron, neuron_cases, wake_up
+from qsnn_zoo.train.config import recipe_for, stages_for
+from qsnn_zoo.train.loop import StepRule, TrainForward, train_step
+from qsnn_zoo.train.pipelines import make_optimizer
+from qsnn_zoo.weights import atomic_write
+
+MODELS = (
+    "vgg16_cifar10_bin_calib",
+    "cnn7_cifar10_bin_stbp",
+    "alexnet_cifar10_bin_tsslbp",
+    "vgg16_cifar10_ter_calib",
+    "cnn7_cifar10_ter_stbp",
+    "alexnet_cifar10_ter_tsslbp",
+    "vgg16_cifar10_fp32_calib",
+    "cnn7_cifar10_fp32_stbp",
+    "alexnet_cifar10_fp32_tsslbp",
+)
+# Issue #4: the original CBP-QSNN code on one H100 (seconds) and the targets for the fast path.
+ANCHORS = {
+    ("vgg16_cifar10_bin_calib", "train"): {"original_h100_s": 0.398, "original_h200_s": 0.436, "target_s": 0.045},
+    ("vgg16_cifar10_bin_calib", "infer@128"): {"original_h100_s": 0.131, "original_h200_s": 0.238, "target_s": 0.010},
+    ("cnn7_cifar10_bin_stbp", "train"): {"original_h100_s": 0.073, "original_h200_s": 0.085, "target_s": 0.012},
+    ("cnn7_cifar10_bin_stbp", "infer@50"): {"original_h100_s": 0.027, "original_h200_s": 0.022, "target_s": 0.003},
+}
+# Minimal neuron-state traffic per neuron and step (bf16 currents and spikes, fp32 potential):
+# inference reads the current and writes the spike; training also writes and re-reads the potential
+# and reads the spike gradient and writes the current gradient.
+NEURON_BYTES = {"infer": 2 + 2, "train": 2 + 2 + 4 + 4 + 2 + 2}
+TRAIN_FLOP_FACTOR = 3  # forward + input gradient + weight gradient
+
+
+# ---------------------------------------------------------------- environment and ceilings
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": getattr(fused.triton, "__version__", None),
+        "device": str(device),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, sm_count=props.multi_processor_count, gpu_memory_gib=props.total_memory / 2**30,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def measure_ceilings(device: torch.device) -> dict:
+    """bf16 matmul rate and device-to-device copy bandwidth, measured here (METHOD: 'two numbers')."""
+    if device.type != "cuda":
+        return {}
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm = median_time(lambda: a @ b, device, warmup=3, runs=10)
+    src = torch.randn(2**28, device=device)  # 1 GiB
+    dst = torch.empty_like(src)
+    copy = median_time(lambda: dst.copy_(src), device, warmup=3, runs=10)
+    return {"bf16_matmul_tflops": 2 * 8192**3 / mm / 1e12, "copy_gbps": 2 * src.numel() * 4 / copy / 1e9}
+
+
+# ---------------------------------------------------------------- timing
+
+def median_time(fn: Callable[[], object], device: torch.device, warmup: int, runs: int) -> float:
+    """Median seconds of ``fn`` over ``runs`` calls after ``warmup`` calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, float]:
+    """Peak allocated memory of one call, total and above what was allocated before it."""
+    if device.type != "cuda":
+        return {}
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"peak_gib": peak / 2**30, "step_gib": (peak - before) / 2**30}
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- variants
+
+VARIANTS = ("reference", "fast", "fast_bf16")
+
+
+def prepare(model: nn.Module, variant: str) -> nn.Module:
+    if variant == "reference":
+        return model.set_backend("reference").to(memory_format=torch.contiguous_format)
+    return model.set_backend("fast").to(memory_format=torch.channels_last)
+
+
+def images_for(variant: str, batch: int, device: torch.device) -> torch.Tensor:
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    return x if variant == "reference" else x.to(memory_format=torch.channels_last)
+
+
+def precision(variant: str, device: torch.device, cache: bool = True):
+    if variant.startswith("fast_bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
+    return contextlib.nullcontext()
+
+
+def training_stage(name: str) -> Optional[str]:
+    """The stage whose step trains this SNN; None for the fp32 VGG (an ANN is trained, then converted)."""
+    stage = stages_for(name)[-1]
+    return None if stage == "calib_convert" else stage
+
+
+def make_train_step(model: nn.Module, name: str, variant: str, device: torch.device, batch: int):
+    """One step of the entry's recipe with the training code of ``qsnn_zoo.train``."""
+    recipe = recipe_for(name, training_stage(name))
+    optimizer = make_optimizer(model, recipe)
+    cbp = None
+    if get_entry(name).quant.mode is not None:
+        cbp = CBP(model, optimizer, recipe.lambda_lr, recipe.lambda_optimizer, recipe.period_max, recipe.drop_lr_at_g20)
+        for lam in cbp.multipliers.values():  # nonzero multipliers, as mid-training
+            lam.data.uniform_(0, 1e-3)
+    rule = StepRule(loss=recipe.loss, grad_clip=recipe.grad_clip, grad_clip_max=recipe.grad_clip_max,
+                    weight_clamp=recipe.weight_clamp, amp=variant == "fast_bf16")
+    forward = TrainForward(model)
+    images = images_for(variant, batch, device)
+    labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    model.train()
+    return lambda: train_step(forward, model, images, labels, optimizer, rule, cbp), recipe
+
+
+def make_inference(model: nn.Module, variant: str, device: torch.device, batch: int):
+    model.eval()
+    x = images_for(variant, batch, device)
+
+    def infer():
+        with torch.no_grad(), precision(variant, device, cache=not variant.endswith("graph")):
+            return model(x)
+
+    if not variant.endswith("graph"):
+        return infer
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compiles kernels and picks cuDNN algorithms outside the capture
+            infer()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        infer()
+    return graph.replay
+
+
+# ---------------------------------------------------------------- floors
+
+def count_work(model: nn.Module, batch: int, device: torch.device) -> Dict[str, float]:
+    """Multiply-adds of convs/linears and neuron-steps of one forward at ``batch`` images."""
+    macs, neuron_steps = [0], [0]
+
+    def on_layer(module, args, out):
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += out.numel() * k
+        else:
+            macs[0] += out.numel() * module.in_features
+
+    def on_neuron(module, args, out):
+        neuron_steps[0] += args[0].numel()
+
+    hooks = [m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks += [m.register_forward_hook(on_neuron) for m in model.modules() if isinstance(m, SpikingNeuron)]
+    probe = 2
+    with torch.no_grad():
+        model.eval().set_backend("fast")(torch.randn(probe, 3, 32, 32, device=device))
+    for h in hooks:
+        h.remove()
+    return {"macs": macs[0] * batch / probe, "neuron_steps": neuron_steps[0] * batch / probe}
+
+
+def floor(work: Dict[str, float], kind: str, ceilings: dict) -> dict:
+    flops = 2 * work["macs"] * (TRAIN_FLOP_FACTOR if kind == "train" else 1)
+    nbytes = work["neuron_steps"] * NEURON_BYTES[kind]
+    out = {"tflop": flops / 1e12, "neuron_state_gb": nbytes / 1e9}
+    if ceilings:
+        out["compute_s"] = flops / (ceilings["bf16_matmul_tflops"] * 1e12)
+        out["neuron_traffic_s"] = nbytes / (ceilings["copy_gbps"] * 1e9)
+        out["floor_s"] = out["compute_s"] + out["neuron_traffic_s"]
+    return out
+
+
+# ---------------------------------------------------------------- agreement
+
+def check_neurons(device: torch.device) -> dict:
+    """Every fused neuron against its reference on the device, at a size with many blocks."""
+    results = {}
+    kernels = fused.triton_enabled(torch.empty(0, device=device))
+    for name, case in neuron_cases(device, T=8, step_shape=(16, 32, 17, 17)).items():
+        if name.endswith("bf16") and not kernels:
+            continue  # the reference fallback integrates bf16 currents in bf16, the kernels in fp32
+        r = compare_neuron(*case)
+        tol = 1e-2 if name.endswith("bf16") else 1e-4
+        r["ok"] = bool(r["outputs_equal"] and r["inference_equal"] and r["grad_finite"] and r["grad_rel_error"] < tol)
+        results[name] = r
+    return results
+
+
+def check_model(model: nn.Module, name: str, device: torch.device, quick: bool) -> dict:
+    """Reference vs fast (fp32, TF32 off) on a few images, and fast bf16 vs reference fp32 on the
+    bundled 256 test images. Folding T into the batch changes cuDNN's algorithms, so a spike at
+    exactly the threshold may flip: agreement is measured, exact equality is not expected."""
+    entry = get_entry(name)
+    sample = load_sample()
+    n = 4 if quick else 256
+    images = to_tensor(sample.images[:n], entry.mean, entry.std, device)
+    wake_up(model, images[:8])
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        result = compare_backends(model, images[:8])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    model.eval()
+    with torch.no_grad():
+        ref = torch.cat([prepare(model, "reference")(b).argmax(1) for b in images.split(64)])
+        prepare(model, "fast_bf16")
+        with precision("fast_bf16", device):
+            fast = torch.cat([model(b.contiguous(memory_format=torch.channels_last)).argmax(1) for b in images.split(64)])
+    result["bf16_vs_fp32_prediction_agreement"] = float((ref == fast).float().mean())
+    result["bf16_images"] = n
+    result["ok"] = result["predictions_agree"] >= 0.95 and result["spike_mismatch_fraction"] < 1e-3
+    return result
+
+
+# ---------------------------------------------------------------- one model
+
+def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
+    entry = get_entry(name)
+    T = args.T or entry.T
+    stage = training_stage(name)
+    recipe_batch = recipe_for(name, stage).batch_size if stage else 128
+    train_batch = args.train_batch or recipe_batch
+    infer_batches = sorted({train_batch, *args.infer_batches})
+    variants = [v for v in VARIANTS if device.type == "cuda" or v != "fast_bf16"]
+    model = qsnn_zoo.create_model(name, T=T).to(device)
+    out: dict = {"model": name, "T": T, "train_batch": train_batch, "train_stage": stage}
+    out["check"] = check_model(model, name, device, args.quick)
+    work_train = count_work(model, train_batch, device)
+    out["floors"] = {"train": floor(work_train, "train", ceilings)}
+    out["train"], out["infer"] = {}, {}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for variant in variants if stage else []:
+        model.load_state_dict(state)
+        step, _ = make_train_step(prepare(model, variant), name, variant, device, train_batch)
+        warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
+        seconds = median_time(step, device, warm, runs)
+        out["train"][variant] = {"s": seconds, **peak_memory(step, device)}
+        print(f"{name:32s} train {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
+        del step
+        free_memory(device)
+    model.load_state_dict(state)
+    infer_variants = variants + (["fast_bf16_graph"] if device.type == "cuda" else [])
+    for batch in infer_batches:
+        out["floors"][f"infer@{batch}"] = floor(count_work(model, batch, device), "infer", ceilings)
+        for variant in infer_variants:
+            fn = make_inference(prepare(model, variant), variant, device, batch)
+            warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
+            seconds = median_time(fn, device, warm, runs)
+            out["infer"].setdefault(f"{batch}", {})[variant] = {"s": seconds, "images_per_s": batch / seconds}
+            print(f"{name:32s} infer@{batch:<5d} {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
+            del fn
+            free_memory(device)
+    del model
+    free_memory(device)
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def _ms(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x * 1e3:.2f}"
+
+
+def _get(d: dict, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"# Benchmark: {env.get('gpu', env['device'])}",
+        "",
+        f"Command: `{env['command']}`  ",
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
+        f"Python {env['python']}  ",
+    ]
+    if report["ceilings"]:
+        c = report["ceilings"]
+        lines.append(f"Measured ceilings: bf16 matmul {c['bf16_matmul_tflops']:.0f} TFLOP/s, copy {c['copy_gbps']:.0f} GB/s.")
+    lines += ["", "## Issue #4 anchors (seconds; lower is better)", "",
+              "| workload | original code, H100 (s) | target (s) | reference here (ms) | fast fp32 (ms) | fast bf16 (ms) "
+              "| fast bf16 + graph (ms) | floor (ms) | target met |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    by_name = {m["model"]: m for m in report["models"]}
+    for (name, kind), anchor in ANCHORS.items():
+        m = by_name.get(name)
+        if m is None:
+            continue
+        row = m["train"] if kind == "train" else m["infer"].get(kind.split("@")[1], {})
+        best = min((v["s"] for k, v in row.items() if k != "reference"), default=None)
+        lines.append(
+            f"| {name} {kind} | {anchor['original_h100_s']:.3f} | {anchor['target_s']:.3f} | "
+            f"{_ms(_get(row, 'reference', 's'))} | {_ms(_get(row, 'fast', 's'))} | "
+            f"{_ms(_get(row, 'fast_bf16', 's'))} | {_ms(_get(row, 'fast_bf16_graph', 's'))} | "
+            f"{_ms(_get(m, 'floors', kind, 'floor_s'))} | "
+            f"{'yes' if best is not None and best <= anchor['target_s'] else 'no'} |"
+        )
+    lines += ["", "## Training step (recipe batch and T): median time, peak memory", "",
+              "| model | batch x T | reference (ms) | fast fp32 (ms) | fast bf16 (ms) | peak GiB ref / fast / bf16 "
+              "| floor, ms (compute + neuron state) |",
+              "|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        t, f = m["train"], m["floors"]["train"]
+        if not t:
+            continue
+        peaks = " / ".join(f"{_get(t, v, 'peak_gib'):.1f}" if _get(t, v, "peak_gib") is not None else "-" for v in VARIANTS)
+        fl = f"{_ms(f.get('floor_s'))} ({_ms(f.get('compute_s'))} + {_ms(f.get('neuron_traffic_s'))})" if "floor_s" in f else f"{f['tflop']:.2f} TFLOP"
+        lines.append(f"| {m['model']} | {m['train_batch']} x {m['T']} | {_ms(_get(t, 'reference', 's'))} | "
+                     f"{_ms(_get(t, 'fast', 's'))} | {_ms(_get(t, 'fast_bf16', 's'))} | {peaks} | {fl} |")
+    lines += ["", "## Inference: images per second", "",
+              "| model | batch | reference | fast fp32 | fast bf16 | fast bf16 + graph | floor |", "|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        for batch, row in m["infer"].items():
+            ips = [f"{row[v]['images_per_s']:.0f}" if v in row else "-" for v in (*VARIANTS, "fast_bf16_graph")]
+            fl = _get(m, "floors", f"infer@{batch}", "floor_s")
+            lines.append(f"| {m['model']} | {batch} | {' | '.join(ips)} | {batch / fl:.0f} |" if fl else
+                         f"| {m['model']} | {batch} | {' | '.join(ips)} | - |")
+    lines += ["", "## Agreement checks on the device", "",
+              "| model | spikes differing | output rel. error | predictions agree (fp32) | max grad rel. error | bf16 vs fp32 predictions |",
+              "|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        c = m["check"]
+        lines.append(f"| {m['model']} | {c['spike_mismatch_fraction']:.2e} | {c['output_rel_error']:.2e} | "
+                     f"{c['predictions_agree']:.3f} | {c['max_grad_rel_error']:.2e} | "
+                     f"{c['bf16_vs_fp32_prediction_agreement']:.3f} ({c['bf16_images']} images) |")
+    lines += ["", "Fused neurons vs reference: " + ", ".join(
+        f"{k} {'ok' if v['ok'] else 'FAIL'} (grad rel. err {v['grad_rel_error']:.1e})" for k, v in report["neurons"].items()), ""]
+    if report["skipped"]:
+        lines += [f"Not measured (time budget): {', '.join(report['skipped'])}", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path, stem: str) -> None:
+    atomic_write(out / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(report, indent=1)))
+    atomic_write(out / f"{stem}.md", lambda p: Path(p).write_text(markdown(report)))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--stem", default="results", help="output file names: STEM.json and STEM.md")
+    parser.add_argument("--infer-batches", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--ref-runs", type=int, default=3, help="timed runs of the slow reference path")
+    parser.add_argument("--T", type=int, default=None, help="override every model's T (smoke tests)")
+    parser.add_argument("--train-batch", type=int, default=None, help="override the recipe's batch (smoke tests)")
+    parser.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; later models are skipped")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.T, args.train_batch, args.infer_batches = args.T or 2, args.train_batch or 2, [2]
+        args.warmup, args.runs, args.ref_runs = 0, 1, 1
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no GPU is visible; use --device cpu --quick for a smoke run")
+    torch.backends.cudnn.benchmark = True
+    start = time.monotonic()
+    report = {"environment": environment(device), "ceilings": measure_ceilings(device), "anchors":
+              {f"{k[0]} {k[1]}": v for k, v in ANCHORS.items()}, "models": [], "skipped": []}
+    report["neurons"] = check_neurons(device)
+    for name, r in report["neurons"].items():
+        print(f"neuron {name:22s} {'ok' if r['ok'] else 'FAIL'}  grad rel err {r['grad_rel_error']:.2e}", flush=True)
+    write_report(report, args.out, args.stem)
+    for name in args.models:
+        if time.monotonic() - start > args.time_budget:
+            report["skipped"].append(name)
+            continue
+        torch.manual_seed(0)
+        report["models"].append(bench_model(name, device, args, report["ceilings"]))
+        write_report(report, args.out, args.stem)
+    write_report(report, args.out, args.stem)
+    print(markdown(report))
+    failed = [k for k, v in report["neurons"].items() if not v["ok"]] + [m["model"] for m in report["models"] if not m["check"]["ok"]]
+    if failed:
+        print(f"AGREEMENT FAILED: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
