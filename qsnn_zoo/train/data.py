@@ -2,9 +2,8 @@
 
 A CPU DataLoader with per-image PIL transforms starves a GPU that runs a small SNN; here the
 decoded CIFAR images (50k x 3 KiB = 150 MiB as uint8) are moved to the device once, and every
-batch is gathered, augmented and normalised there. Crop, flip and Cutout are vectorised with
-per-sample randomness; AutoAugment runs torchvision's transform once per image (see
-:class:`AutoAugmentCIFAR10` for why and what it costs).
+batch is gathered, augmented and normalised there. Crop, flip, Cutout and AutoAugment
+(:mod:`qsnn_zoo.train.autoaugment`) are vectorised with per-sample randomness.
 
 All randomness comes from CPU ``torch.Generator`` objects seeded from (seed, epoch): the order
 and the augmentations are the same on every device and can be resumed at any batch.
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet
+from .autoaugment import AutoAugmentCIFAR10
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 SEED_RANGE = 2**62
@@ -92,35 +92,6 @@ class Cutout:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _, _, h, w = images.shape
         return self.apply(images, self.sample(len(images), h, w, generator))
-
-
-class AutoAugmentCIFAR10:
-    """AutoAugment's CIFAR-10 policy with fill 128, one random sub-policy per image.
-
-    torchvision's ``v2.AutoAugment(CIFAR10, fill=128)`` draws one sub-policy per call for the whole
-    input, so per-sample randomness needs one call per image; the loop runs on the device and
-    costs a few small kernels per image (``scripts/bench_loader.py`` measures it). torchvision
-    draws from the global CPU generator: each batch seeds it from the loader's generator inside
-    ``fork_rng``, so the augmentation is reproducible and the caller's random state is untouched.
-
-    Same 25 sub-policies, probabilities and magnitude bins as the CIFAR10Policy (DeepVoltaire's
-    AutoAugment port) that SNN-Calibration uses. Differences, all small: shear uses nearest
-    interpolation here, bicubic there; the solarize thresholds are 255*(1 - k/9) here,
-    256*(1 - k/9) there; equalize/autocontrast/sharpness are torchvision's tensor kernels, not
-    PIL's; an operation fires when rand <= p here, rand < p there.
-    """
-
-    def __init__(self, fill: int = 128) -> None:
-        from torchvision.transforms import v2
-
-        self.transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=fill)
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        seed = int(torch.randint(SEED_RANGE, (), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            # Seeds only the CPU generator: torch.manual_seed would also reseed CUDA's.
-            torch.random.default_generator.manual_seed(seed)
-            return torch.stack([self.transform(image) for image in images])
 
 
 _PIXEL_STAGES: Dict[str, Callable[[], Callable]] = {"crop_flip": RandomCropFlip, "autoaugment": AutoAugmentCIFAR10}
