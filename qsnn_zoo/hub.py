@@ -91,9 +91,15 @@ def _offline() -> bool:
 
 def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
     import huggingface_hub
-    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+    # huggingface_hub.utils exports these names in 0.x, 1.x and 2.x alike. Since 1.0 both "not found"
+    # errors derive from EntryNotFoundError, so the local (offline) one must be caught first.
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
 
     w = entry.weights
+    supply = (
+        f"put {w.filename} in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH "
+        f"(`hf download {w.hf_repo} {w.filename} --revision {w.revision}` fetches it where there is a network)"
+    )
     try:
         path = Path(
             huggingface_hub.hf_hub_download(
@@ -106,18 +112,22 @@ def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
                 endpoint=os.environ.get("HF_ENDPOINT") or None,
             )
         )
-    except EntryNotFoundError:
-        raise WeightsNotFoundError(
-            f"{w.hf_repo}@{w.revision} has no file {w.filename} for {entry.name}. Report this; meanwhile "
-            f"put the file in ${ENV_WEIGHTS_DIR} or pass weights=PATH."
-        ) from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as err:
         raise WeightsNotFoundError(
             f"{entry.name}: no copy of {w.filename} is cached and the Hub cannot be reached "
-            f"({'HF_HUB_OFFLINE is set' if _offline() else 'offline or unreachable'}). Download it where there "
-            f"is a network (huggingface-cli download {w.hf_repo} {w.filename} --revision {w.revision}), "
-            f"or put it in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH."
-        ) from None
+            f"({'HF_HUB_OFFLINE is set' if _offline() else 'offline or unreachable'}). To supply it, {supply}."
+        ) from err
+    except (EntryNotFoundError, RevisionNotFoundError) as err:
+        raise WeightsNotFoundError(
+            f"{w.hf_repo}@{w.revision} has no file {w.filename} for {entry.name}. Report this; meanwhile "
+            f"{supply}."
+        ) from err
+    except OSError as err:  # a broken transfer (e.g. fewer bytes than announced) or an HTTP error
+        reason = " ".join(str(err).split())
+        raise WeightsNotFoundError(
+            f"downloading {w.filename} of {entry.name} from {w.hf_repo}@{w.revision} failed: {reason} "
+            f"Run again to retry, or {supply}."
+        ) from err
     try:
         return _verify(entry, path)
     except HashMismatchError:
