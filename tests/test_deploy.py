@@ -72,6 +72,7 @@ def test_file_is_self_describing_with_packed_codes(tmp_path):
         assert header[spec["tensor"]]["shape"] == [-(-layer.weight.numel() // 4)]
         codes, scale = net.weight(ops[name])
         np.testing.assert_array_equal(codes, layer.codes().numpy())
+        assert scale == float(layer.scale)
 
 
 def test_ternary_2bit_packing_round_trips_and_puts_the_first_code_high():
