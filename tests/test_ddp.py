@@ -1,0 +1,31 @@
+"""Two CPU processes under torchrun (gloo) finish a tiny CBP run with identical replicas."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from _train_helpers import DATA, REPO, random_parent, tiny
+
+pytestmark = pytest.mark.skipif(not (DATA / "test.npz").is_file(), reason="needs the CIFAR-10 bundle in .data/cifar10")
+
+
+def test_two_gloo_processes_train_and_agree(tmp_path):
+    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        str(REPO / "scripts" / "quantize_cbp.py"), "vgg16_cifar10_bin_calib", *tiny(tmp_path, epochs=2),
+        "--parent-weights", str(parent),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The run ends with check_replicas_agree, which raises if the two ranks' weights differ.
+    summary = json.loads((tmp_path / "vgg16_cifar10_bin_calib" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+
+
+def _python_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}

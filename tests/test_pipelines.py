@@ -1,0 +1,73 @@
+"""Each pipeline end to end on a few images with tiny T; the weights load with create_model."""
+import json
+
+import pytest
+import torch
+
+import qsnn_zoo
+from qsnn_zoo.layers.quant import quantized_modules
+from qsnn_zoo.train.metrics_log import read_metrics
+
+from _train_helpers import DATA, script, tiny
+
+pytestmark = pytest.mark.skipif(not (DATA / "test.npz").is_file(), reason="needs the CIFAR-10 bundle in .data/cifar10")
+
+
+def _check_outputs(out, name, stage):
+    stage_dir = out / name / stage
+    records = read_metrics(stage_dir / "metrics.jsonl")
+    assert records and records[-1]["epoch"] == len(records) - 1
+    assert (stage_dir / "curves.png").stat().st_size > 0
+    assert (stage_dir / "checkpoint.pt").is_file()
+    summary = json.loads((out / name / "summary.json").read_text())
+    assert summary["name"] == name and summary["test"]["rows_all"] == 16
+    return records, summary
+
+
+def _check_quantized(model):
+    for _, layer in quantized_modules(model):
+        levels = torch.tensor({"bin": [-1.0, 1.0], "ter": [-1.0, 0.0, 1.0]}[layer.quant]) * layer.scale
+        assert torch.isin(layer.weight, levels).all()
+
+
+def test_snn_calibration_pipeline_reproduces_parent_then_cbp(tmp_path, monkeypatch):
+    # "--calib none" keeps the CPU test short (threshold search by max); C2's tests cover light calibration.
+    args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path), "--calib", "none", "--calib-batches", "1"]
+    assert script("reproduce").main(args) == 0
+    _check_outputs(tmp_path, "vgg16_cifar10_fp32_calib", "calib_ann")
+    records, summary = _check_outputs(tmp_path, "vgg16_cifar10_bin_calib", "calib_cbp")
+    assert {"lagsum", "train_loss", "cfs", "g", "off_level", "train_top1", "test_top1_lossless"} <= set(records[0])
+    assert summary["recipe"]["lambda_lr"] == 1e-3 and summary["recipe"]["stage"] == "calib_cbp"
+    fp32 = qsnn_zoo.create_model("vgg16_cifar10_fp32_calib", pretrained=True, weights=tmp_path / "vgg16_cifar10_fp32_calib")
+    assert fp32.mode == "snn" and float(fp32.features[0].neuron.threshold) != 1.0
+    monkeypatch.setenv("QSNN_ZOO_WEIGHTS", str(tmp_path / "vgg16_cifar10_bin_calib"))
+    model = qsnn_zoo.create_model("vgg16_cifar10_bin_calib", pretrained=True)
+    _check_quantized(model)
+    assert all(float(n.threshold) == 1.0 for _, n in model.spiking_neurons())
+
+
+def test_tsslbp_pipeline(tmp_path):
+    flags = tiny(tmp_path, images=20, batch=10, T=2)
+    assert script("train_fp32").main(["alexnet_cifar10_fp32_tsslbp", *flags]) == 0
+    assert script("quantize_cbp").main(["alexnet_cifar10_fp32_tsslbp", "--quant", "ter", *flags]) == 0
+    records, summary = _check_outputs(tmp_path, "alexnet_cifar10_ter_tsslbp", "tssl_cbp")
+    assert summary["recipe"]["lambda_optimizer"] == "adamw" and summary["recipe"]["train_layers"] == "quantized"
+    parent = qsnn_zoo.create_model("alexnet_cifar10_fp32_tsslbp", weights=tmp_path / "alexnet_cifar10_fp32_tsslbp")
+    model = qsnn_zoo.create_model("alexnet_cifar10_ter_tsslbp", weights=tmp_path / "alexnet_cifar10_ter_tsslbp")
+    _check_quantized(model)
+    # conv1 and fc3 are frozen in TSSL-BP's CBP (SPEC C.5): they leave the run as they came in
+    assert torch.equal(model.conv1.weight, parent.conv1.weight) and torch.equal(model.fc3.weight, parent.fc3.weight)
+
+
+def test_stbp_pipeline(tmp_path):
+    flags = tiny(tmp_path, images=10, batch=10)
+    assert script("train_fp32").main(["cnn7_cifar10_fp32_stbp", *flags]) == 0
+    assert script("quantize_cbp").main(["cnn7_cifar10_bin_stbp", *flags]) == 0
+    _, summary = _check_outputs(tmp_path, "cnn7_cifar10_bin_stbp", "stbp_cbp")
+    assert summary["recipe"]["grad_clip"] == "value" and summary["recipe"]["lr"] == 5e-3
+    _check_quantized(qsnn_zoo.create_model("cnn7_cifar10_bin_stbp", weights=tmp_path / "cnn7_cifar10_bin_stbp"))
+
+
+def test_quantize_refuses_a_missing_parent(tmp_path):
+    with pytest.raises(Exception, match="reproduce.py cnn7_cifar10_fp32_stbp"):
+        script("quantize_cbp").main(["cnn7_cifar10_fp32_stbp", "--quant", "bin", *tiny(tmp_path)])
