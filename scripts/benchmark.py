@@ -139,6 +139,21 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, flo
     return {"peak_gib": peak / 2**30, "step_gib": (peak - before) / 2**30}
 
 
+def kernel_profile(fn: Callable[[], object], device: torch.device, rows: int = 25) -> str:
+    """Where the device time of 3 calls goes, by kernel: the table that explains a gap to the floor."""
+    if device.type != "cuda":
+        return ""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize(device)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
+    print(table, flush=True)
+    return table
+
+
 def free_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -316,6 +331,8 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
         warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
         seconds = median_time(step, device, warm, runs)
         out["train"][variant] = {"s": seconds, **peak_memory(step, device)}
+        if args.profile and variant == "fast_bf16":
+            out["profile_train"] = kernel_profile(step, device)
         print(f"{name:32s} train {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
         del step
         free_memory(device)
@@ -328,6 +345,8 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
             warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
             seconds = median_time(fn, device, warm, runs)
             out["infer"].setdefault(f"{batch}", {})[variant] = {"s": seconds, "images_per_s": batch / seconds}
+            if args.profile and variant == "fast_bf16" and batch == 128:
+                out["profile_infer@128"] = kernel_profile(fn, device)
             print(f"{name:32s} infer@{batch:<5d} {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
             del fn
             free_memory(device)
@@ -398,8 +417,7 @@ def markdown(report: dict) -> str:
         for batch, row in m["infer"].items():
             ips = [f"{row[v]['images_per_s']:.0f}" if v in row else "-" for v in (*VARIANTS, "fast_bf16_graph")]
             fl = _get(m, "floors", f"infer@{batch}", "floor_s")
-            lines.append(f"| {m['model']} | {batch} | {' | '.join(ips)} | {batch / fl:.0f} |" if fl else
-                         f"| {m['model']} | {batch} | {' | '.join(ips)} | - |")
+            lines.append(f"| {m['model']} | {batch} | {' | '.join(ips)} | {f'{int(batch) / fl:.0f}' if fl else '-'} |")
     lines += ["", "## Agreement checks on the device", "",
               "| model | spikes differing | output rel. error | predictions agree (fp32) | max grad rel. error | bf16 vs fp32 predictions |",
               "|---|---|---|---|---|---|"]
@@ -434,6 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--train-batch", type=int, default=None, help="override the recipe's batch (smoke tests)")
     parser.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; later models are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    parser.add_argument("--profile", action="store_true", help="kernel time table of the fast bf16 workloads")
     args = parser.parse_args(argv)
     if args.quick:
         args.T, args.train_batch, args.infer_batches = args.T or 2, args.train_batch or 2, [2]
