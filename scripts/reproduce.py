@@ -4,8 +4,9 @@
     python scripts/reproduce.py cnn7_cifar10_ter_stbp --epochs 10  # a quicker recipe (parent too)
     torchrun --nproc_per_node 8 scripts/reproduce.py alexnet_cifar10_bin_tsslbp
 
-Recipe overrides apply to the entry's own stages; of them only --epochs and --T are passed on to a
-parent trained on the way (its learning rates and optimizers are its own). --resume continues
+Recipe overrides apply to the entry's own stages; of them only --epochs, --batch-size, --T and the
+conversion settings (--use-bn, --trial, --calib, --calib-batches) are passed on to a parent trained
+on the way (its learning rates and optimizers are its own). --resume continues
 interrupted stages. Outputs: OUT/NAME/NAME.safetensors, OUT/NAME/summary.json and each stage's
 OUT/NAME/<stage>/{checkpoint.pt, metrics.jsonl, curves.png, summary.json}.
 """

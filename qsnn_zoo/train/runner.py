@@ -11,9 +11,10 @@ from .config import RunOptions, add_arguments, apply_overrides, recipe_for, reci
 from . import distributed
 from .pipelines import run_stage, weights_path
 
-# Recipe settings a quick run shares with the parent that reproduce.py trains first; the others
-# (learning rates, optimizers, ...) differ between fp32 training and CBP and stay the parent's own.
-SHARED_WITH_PARENT = ("epochs", "T")
+# Recipe settings a quick run shares with the parent that reproduce.py trains first: its length, size
+# and the SNN-Calibration conversion settings. The others (learning rates, optimizers, clipping, ...)
+# differ between fp32 training and CBP and stay the parent's own.
+SHARED_WITH_PARENT = ("epochs", "batch_size", "T", "use_bn", "trial", "calib", "calib_batches")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
