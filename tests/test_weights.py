@@ -33,6 +33,17 @@ def tiny_model(quant="bin", seed=0, num_classes=10) -> SpikingVGG:
     return SpikingVGG(num_classes=num_classes, T=2, quant=quant, cfg=TINY_CFG).eval()
 
 
+@pytest.fixture(scope="module")
+def vgg16_files(tmp_path_factory):
+    """Binary and ternary VGG16 (random weights) and their files: the zoo's smallest real checkpoints."""
+    directory = tmp_path_factory.mktemp("vgg16")
+    files = {}
+    for kind in ("bin", "ter"):
+        model = qsnn_zoo.create_model(f"vgg16_cifar10_{kind}_calib", T=2)
+        files[kind] = model, save_weights(model, directory / f"{kind}.safetensors")
+    return files
+
+
 def random_codes(mode: str, shape, seed: int = 0) -> torch.Tensor:
     levels = torch.tensor(LEVELS[mode], dtype=torch.int8)
     generator = torch.Generator().manual_seed(seed)
@@ -95,9 +106,8 @@ def test_save_then_load_is_bit_identical(tmp_path, quant):
         assert torch.equal(source(x), target(x))
 
 
-def test_file_layout_and_metadata(tmp_path):
-    model = qsnn_zoo.create_model("vgg16_cifar10_ter_calib", T=2)
-    path = save_weights(model, tmp_path / "ter.safetensors")
+def test_file_layout_and_metadata(vgg16_files):
+    model, path = vgg16_files["ter"]
     metadata, tensors = read_metadata(path), load_file(str(path))
     assert metadata["format"] == "qsnn-zoo" and metadata["format_version"] == "1"
     assert metadata["model_name"] == "vgg16_cifar10_ter_calib" and metadata["float_dtype"] == "float32"
@@ -113,18 +123,17 @@ def test_file_layout_and_metadata(tmp_path):
 
 
 @pytest.mark.parametrize("kind, bits", [("bin", 1.0), ("ter", 1.6)])
-def test_bits_per_quantized_weight(tmp_path, kind, bits):
-    model = qsnn_zoo.create_model(f"vgg16_cifar10_{kind}_calib", T=2)
-    report = storage_report(save_weights(model, tmp_path / "w.safetensors"))
+def test_bits_per_quantized_weight(vgg16_files, kind, bits):
+    model, path = vgg16_files[kind]
+    report = storage_report(path)
     quantized = sum(m.weight.numel() for _, m in quantized_modules(model))
     assert report["quantized_weights"] == quantized == 14_708_736  # SPEC A, weight memory table
     assert bits <= report["bits_per_quantized_weight"] < bits + 0.001  # the scales cost next to nothing
-    assert report["file_bytes"] == (tmp_path / "w.safetensors").stat().st_size
+    assert report["file_bytes"] == path.stat().st_size
 
 
-def test_a_binary_vgg16_file_is_under_2_mb(tmp_path):
-    model = qsnn_zoo.create_model("vgg16_cifar10_bin_calib", T=2)
-    size = save_weights(model, tmp_path / "bin.safetensors").stat().st_size
+def test_a_binary_vgg16_file_is_under_2_mb(vgg16_files):
+    size = vgg16_files["bin"][1].stat().st_size
     assert size < 2.0e6, f"binary VGG16 file is {size} bytes"
 
 
