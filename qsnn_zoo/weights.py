@@ -9,6 +9,7 @@ and the model configuration, all as strings (safetensors allows nothing else).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -168,29 +169,21 @@ def storage_report(path: PathLike) -> Dict[str, Any]:
     packing = json.loads(metadata["packing"])
     from safetensors import safe_open
 
-    quantized_bytes = quantized_weights = 0
-    total_params = 0
+    quantized_weights = sum(math.prod(info["shape"]) for info in packing.values())
+    quantized_bytes = 4 * len(packing)  # one fp32 scale per quantized layer
+    other_values = 0
     with safe_open(str(path), framework="pt") as f:
         for key in f.keys():
-            shape = f.get_slice(key).get_shape()
-            numel = 1
-            for d in shape:
-                numel *= d
+            numel = math.prod(f.get_slice(key).get_shape())
             if key.endswith(CODES_SUFFIX):
                 quantized_bytes += numel
             elif not key.endswith(".scale"):
-                total_params += numel
-        for weight_key, info in packing.items():
-            n = 1
-            for d in info["shape"]:
-                n *= d
-            quantized_weights += n
-            quantized_bytes += 4  # its scale
+                other_values += numel
     return {
         "file_bytes": os.path.getsize(path),
         "quantized_weights": quantized_weights,
         "quantized_bytes": quantized_bytes,
         "bits_per_quantized_weight": 8 * quantized_bytes / quantized_weights if quantized_weights else None,
-        "other_values": total_params,
+        "other_values": other_values,
         "float_dtype": metadata.get("float_dtype", "float32"),
     }

@@ -130,6 +130,8 @@ def test_bits_per_quantized_weight(vgg16_files, kind, bits):
     assert report["quantized_weights"] == quantized == 14_708_736  # SPEC A, weight memory table
     assert bits <= report["bits_per_quantized_weight"] < bits + 0.001  # the scales cost next to nothing
     assert report["file_bytes"] == path.stat().st_size
+    latent = {f"{n}.weight" for n, _ in quantized_modules(model)} | {f"{n}.scale" for n, _ in quantized_modules(model)}
+    assert report["other_values"] == sum(v.numel() for k, v in model.state_dict().items() if k not in latent)
 
 
 def test_a_binary_vgg16_file_is_under_2_mb(vgg16_files):
