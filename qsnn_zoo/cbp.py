@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .layers import fused
 from .layers.quant import QUANT_MODES, quantized_modules
 
 LAGSUM_START = 1e10  # the code's "lagsum_max": any first epoch counts as a decrease
@@ -147,7 +148,11 @@ class CBP:
         """sum over quantized layers of lambda * C_g(W), lambda held constant (SPEC B.4)."""
         total = None
         for name, m in self.layers:
-            term = (self.multipliers[name].detach() * constraint(m.weight, m.scale, m.quant, self.g)).sum()
+            lam = self.multipliers[name].detach()
+            # On the GPU one fused kernel pass each way replaces ~25 elementwise passes over the weights.
+            term = fused.constraint_penalty(m.weight, lam, m.scale, m.quant, self.u)
+            if term is None:
+                term = (lam * constraint(m.weight, m.scale, m.quant, self.g)).sum()
             total = term if total is None else total + term
         return total
 

@@ -3,14 +3,19 @@
 ``neuron_cases`` pairs each fused neuron with its reference on random currents (several layouts
 and dtypes); ``compare_neuron`` runs one pair. ``wake_up`` makes a randomly initialised SNN fire in
 every layer (fresh deep SNNs fall silent after a few layers, which would make a comparison vacuous);
-``compare_backends`` runs a model with both backends.
+``compare_backends`` runs a model with both backends. ``layer_checks`` runs the fused pieces of the
+VGG fast path (IF layer with biases and dropout, 2x2 pooling conv) and the fused CBP penalty
+against their references.
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
+import torch.nn.functional as F
+
 import torch
 
+from . import cbp
 from .layers import fused, neurons
 from .layers.neurons import IFNeuron
 from .models._base import SpikingModel
@@ -93,6 +98,154 @@ def compare_neuron(reference: Callable, fast: Callable, make_current: Callable[[
         "grad_finite": bool(torch.isfinite(g_fast).all()),
         "used_kernel": fused.triton_enabled(c_fast),
     }
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels_last: bool = False) -> dict:
+    """``fused.if_soft_reset_layer`` without dropout against the reference layer (current + conv
+    bias + calibration bias, then the IF neuron): spikes, current and bias gradients."""
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(T * step_shape[0], *step_shape[1:], generator=gen).to(device)
+    if channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    channels = step_shape[1]
+    bias, calib = (torch.randn(channels, generator=gen).to(device) * 0.3 for _ in range(2))
+    th = torch.tensor(0.8, device=device)
+    leaves = [base.unflatten(0, (T, step_shape[0])).detach().requires_grad_() for _ in range(2)]
+    biases = [bias.clone().requires_grad_() for _ in range(2)]
+    with torch.no_grad():
+        inference = fused.if_soft_reset_layer(leaves[0], th, 0.5 / T, None, 2.0, bias, calib)
+    out = fused.if_soft_reset_layer(leaves[0], th, 0.5 / T, None, 2.0, biases[0], calib)
+    view = (-1, *[1] * (len(step_shape) - 2))
+    ref = neurons.if_soft_reset(leaves[1] + biases[1].view(view) + calib.view(view), th, 0.5 / T, None, 2.0)
+    weights = torch.randn(ref.shape, generator=gen).to(device)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    return {
+        "outputs_equal": torch.equal(out, ref),
+        "inference_equal": torch.equal(inference, ref),
+        "active_fraction": float((ref != 0).float().mean()),
+        "grad_rel_error": max(_rel(leaves[0].grad, leaves[1].grad), _rel(biases[0].grad, biases[1].grad)),
+        "used_kernel": fused.triton_enabled(base),
+    }
+
+
+def dropout_statistics(device="cpu", p: float = 0.25, T: int = 4, step_shape=(8, 16, 9, 9)) -> dict:
+    """The fused layer's dropout: keep rate and scale, independence across steps and calls, and the
+    backward using the forward's mask (recovered from a run that fires everywhere with the same seed)."""
+    gen = torch.Generator().manual_seed(3)
+    th = torch.tensor(0.8, device=device)
+    always = torch.full((T, *step_shape), 2.0, device=device)  # u >= threshold at every step: all fire
+
+    def layer(current, seed, prob=p):
+        torch.manual_seed(seed)
+        return fused.if_soft_reset_layer(current, th, 0.5 / T, None, 2.0, None, None, prob)
+
+    keep = layer(always, 7) != 0
+    rate = keep.float().mean(dim=tuple(range(1, keep.dim())))
+    both = (keep[1:] & keep[:-1]).float().mean()
+    values = layer(always, 7).unique()
+    current = (torch.randn(T, *step_shape, generator=gen).to(device) + 0.5).requires_grad_()
+    reference_current = current.detach().clone().requires_grad_()
+    out = layer(current, 7)
+    ref = neurons.if_soft_reset(reference_current, th, 0.5 / T, None, 2.0) * keep * (1 / (1 - p))
+    weights = torch.randn(ref.shape, generator=gen).to(device)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    return {
+        "keep_rate_per_step": rate.tolist(),
+        "joint_keep_rate_consecutive_steps": float(both),
+        "expected_keep": 1 - p,
+        "values": values.tolist(),
+        "expected_value": float(th / (1 - p)),
+        "fresh_mask_per_call": not torch.equal(keep, layer(always, 8) != 0),
+        "outputs_equal_given_mask": torch.equal(out, ref),
+        "grad_rel_error_given_mask": _rel(current.grad, reference_current.grad),
+        "p0_equals_no_dropout": torch.equal(layer(current.detach(), 9, 0.0), neurons.if_soft_reset(current.detach(), th, 0.5 / T, None, 2.0)),
+        "used_kernel": fused.triton_enabled(always),
+    }
+
+
+def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True) -> dict:
+    """``fused.avg_pool_conv`` against the depthwise conv on spikes of one value: exact with the
+    converted models' equal weights, within rounding with arbitrary per-tap weights."""
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.rand(*shape, generator=gen) < 0.5).float().to(device) * 0.7
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    channels = shape[1]
+    equal = torch.full((channels, 1, 2, 2), 0.25, device=device)
+    arbitrary = torch.rand(channels, 1, 2, 2, generator=gen).to(device)
+    leaves = [x.clone().requires_grad_() for _ in range(2)]
+    out = fused.avg_pool_conv(leaves[0], equal)
+    ref = F.conv2d(leaves[1], equal, stride=2, groups=channels)
+    weights = torch.randn(ref.shape, generator=gen).to(device)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    return {
+        "outputs_equal": torch.equal(out, ref),
+        "layout_kept": out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format),
+        "grad_rel_error": _rel(leaves[0].grad, leaves[1].grad),
+        "arbitrary_weights_rel_error": _rel(fused.avg_pool_conv(x, arbitrary), F.conv2d(x, arbitrary, stride=2, groups=channels)),
+        "used_kernel": fused.triton_enabled(x),
+    }
+
+
+def compare_penalty(device="cpu", n: int = 5000) -> dict:
+    """``fused.constraint_penalty`` against ``sum(lambda * cbp.constraint(...))`` for both modes and
+    several windows: value within rounding, gradient exact."""
+    gen = torch.Generator().manual_seed(5)
+    worst_value, grads_equal = 0.0, True
+    for mode in ("bin", "ter"):
+        for g in (1, 2, 3, 10, 20):
+            w = (torch.randn(n, generator=gen) * 0.6).to(device).requires_grad_()
+            lam = torch.rand(n, generator=gen).to(device)
+            scale = torch.tensor(0.37, device=device)
+            fast = fused.constraint_penalty(w, lam, scale, mode, cbp.window(g))
+            if fast is None:
+                return {"used_kernel": False}
+            g_fast, = torch.autograd.grad(fast * 1.5, w)
+            ref = (lam * cbp.constraint(w, scale, mode, g)).sum()
+            g_ref, = torch.autograd.grad(ref * 1.5, w)
+            worst_value = max(worst_value, abs(fast.item() - ref.item()) / max(abs(ref.item()), 1e-30))
+            grads_equal = grads_equal and torch.equal(g_fast, g_ref)
+    return {"value_rel_error": worst_value, "grads_equal": grads_equal, "used_kernel": True}
+
+
+def layer_checks(device="cpu") -> Dict[str, dict]:
+    """Every fused piece beyond the neurons, each on fresh random inputs."""
+    return {
+        "if_layer": compare_if_layer(device),
+        "if_layer_channels_last": compare_if_layer(device, channels_last=True),
+        "dropout": dropout_statistics(device),
+        "pool_channels_last": compare_pool(device),
+        "pool_contiguous": compare_pool(device, channels_last=False),
+        "penalty": compare_penalty(device),
+    }
+
+
+def layer_check_ok(name: str, r: dict) -> bool:
+    """Whether one result of :func:`layer_checks` passes (the tests and the GPU benchmark use this)."""
+    if name.startswith("if_layer"):
+        return (r["outputs_equal"] and r["inference_equal"] and 0.05 < r["active_fraction"] < 0.95
+                and r["grad_rel_error"] < 1e-5)
+    if name == "dropout":
+        q = r["expected_keep"]
+        return (all(abs(k - q) < 0.02 for k in r["keep_rate_per_step"])
+                and abs(r["joint_keep_rate_consecutive_steps"] - q * q) < 0.02
+                and len(r["values"]) == 2 and abs(r["values"][1] - r["expected_value"]) < 1e-6 * r["expected_value"]
+                and r["fresh_mask_per_call"] and r["outputs_equal_given_mask"]
+                and r["grad_rel_error_given_mask"] < 1e-5 and r["p0_equals_no_dropout"])
+    if name.startswith("pool"):
+        return (r["outputs_equal"] and r["layout_kept"] and r["grad_rel_error"] < 1e-6
+                and r["arbitrary_weights_rel_error"] < 1e-6)
+    if name == "penalty":
+        return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5)
+    raise KeyError(f"unknown layer check {name!r}")
 
 
 def wake_up(model: SpikingModel, x: torch.Tensor, quantile: float = 0.8) -> SpikingModel:

@@ -82,11 +82,54 @@ def test_vgg_with_triton_kernels_through_interpreter():
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
+    calls = result.pop("fused_calls")
+    assert calls["if_soft_reset_layer"] > 0 and calls["avg_pool_conv"] > 0, "the VGG fused layer path was not taken"
+    training = result.pop("training")
+    assert training["grads_finite"] and training["same_keys"], training
+    assert 0.5 < training["dropout_keep_ratio"] < 1.0, "dropout did not act in training mode"
     check(result)
+
+
+def count_calls(module, names):
+    """Wraps ``module.<name>`` for each name with a call counter; returns the counts."""
+    calls = dict.fromkeys(names, 0)
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for name in names:
+        setattr(module, name, counted(name, getattr(module, name)))
+    return calls
+
+
+def train_mode_run(model, x) -> dict:
+    """One fast forward/backward with dropout active: gradients exist where the reference has them,
+    and the dropout removes spikes (first layer's output spikes vs its neuron's monitored spikes)."""
+    keys = {}
+    for backend in ("reference", "fast"):
+        model.set_backend(backend).train().zero_grad(set_to_none=True)
+        model.forward_steps(x).sum().backward()
+        keys[backend] = {k for k, p in model.named_parameters() if p.grad is not None}
+    finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    first = model.features[0]
+    with torch.no_grad():
+        model.set_backend("fast").train()
+        dropped = first.spiking(x, True, T=model.T)
+        first.eval()
+        kept = first.spiking(x, True, T=model.T)
+    ratio = float((dropped != 0).sum() / (kept != 0).sum().clamp_min(1))
+    return {"grads_finite": bool(finite), "same_keys": keys["reference"] == keys["fast"], "dropout_keep_ratio": ratio}
 
 
 if __name__ == "__main__":
     torch.manual_seed(4)
     vgg = tiny_vgg(T=3).to(memory_format=torch.channels_last)
     images = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
-    print(json.dumps({**compare_exactly(vgg, images), "used_kernel": fused.triton_enabled(images)}))
+    fused_calls = count_calls(fused, ("if_soft_reset_layer", "avg_pool_conv"))
+    result = compare_exactly(vgg, images)
+    print(json.dumps({**result, "used_kernel": fused.triton_enabled(images), "fused_calls": fused_calls,
+                      "training": train_mode_run(vgg, images)}))

@@ -1,4 +1,7 @@
-"""The fused neuron kernels equal the reference neurons: identical spikes, gradients within rounding.
+"""The fused kernels equal their references: identical spikes, gradients within rounding.
+
+Neurons, the VGG layer pieces (IF with biases and in-kernel dropout, 2x2 pooling conv) and the
+CBP penalty.
 
 Triton decides at import time whether kernels are compiled or interpreted, so the kernels run in a
 child process with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter); this process only checks the
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 from qsnn_zoo.layers import fused, neurons
-from qsnn_zoo.testing import compare_neuron, neuron_cases
+from qsnn_zoo.testing import compare_neuron, layer_check_ok, layer_checks, neuron_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAD_RTOL = {"fp32": 1e-5, "bf16": 1e-2}  # bf16: the gradient itself is stored in bf16
@@ -33,7 +36,7 @@ def interpreted():
 
 @pytest.mark.parametrize("case", sorted(neuron_cases()))
 def test_kernel_matches_reference(interpreted, case):
-    result = interpreted[case]
+    result = interpreted["neurons"][case]
     assert result["used_kernel"], "the child process did not run the Triton kernel"
     assert 0.05 < result["active_fraction"] < 0.95, "inputs too weak or too strong to test spiking"
     assert result["outputs_equal"], "spikes differ from the reference"
@@ -41,6 +44,26 @@ def test_kernel_matches_reference(interpreted, case):
     assert result["output_dtype_equal"]
     assert result["grad_finite"]
     assert result["grad_rel_error"] < GRAD_RTOL["bf16" if case.endswith("bf16") else "fp32"]
+
+
+LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "dropout", "pool_channels_last", "pool_contiguous", "penalty")
+
+
+@pytest.mark.parametrize("name", LAYER_CHECKS)
+def test_layer_kernel_matches_reference(interpreted, name):
+    result = interpreted["layers"][name]
+    assert result["used_kernel"], "the child process did not run the Triton kernel"
+    assert layer_check_ok(name, result), json.dumps(result)
+
+
+def test_layer_checks_pass_on_the_reference_fallback():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process interprets kernels")
+    results = layer_checks()
+    assert set(results) == set(LAYER_CHECKS)
+    for name, result in results.items():
+        assert not result["used_kernel"]
+        assert layer_check_ok(name, result), (name, result)
 
 
 def test_cpu_without_interpreter_falls_back_to_reference():
@@ -59,4 +82,5 @@ def test_trained_threshold_keeps_reference_autograd():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    print(json.dumps({name: compare_neuron(*case) for name, case in neuron_cases().items()}))
+    neuron_results = {name: compare_neuron(*case) for name, case in neuron_cases().items()}
+    print(json.dumps({"neurons": neuron_results, "layers": layer_checks()}))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.neurons import IFNeuron
-from ..layers.quant import make_conv2d
+from ..layers.quant import is_quantized, make_conv2d
 from ..layers.time import constant_over_time, over_time
 from .._builder import build_model
 from .._registry import DATASETS, WEIGHT_KINDS, ModelEntry, NeuronSpec, QuantSpec, register_model
@@ -53,6 +53,44 @@ class VGGLayer(nn.Module):
 
     def snn(self, current: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.neuron(current))
+
+    def spiking(self, x: torch.Tensor, fold: bool, T: Optional[int] = None) -> torch.Tensor:
+        """The SNN layer over time: spikes ``[T, B, ...]`` in, or with ``T`` one image that is the
+        input at every step; output spikes ``[T, B, ...]`` after dropout."""
+        if fold and self._fusable(x):
+            return self._fused_spiking(x, T)
+        current = over_time(self.synapse, x, fold) if T is None else constant_over_time(self.synapse, x, T, fold)
+        return self.snn(current)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        from ..layers import fused  # imported on use, as the neurons do: only the GPU path needs Triton
+
+        # The fused path bypasses the conv and neuron modules, so it is taken only where no hook
+        # observes them and there is no norm between conv and neuron.
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.neuron))
+        return fused.triton_enabled(x) and isinstance(self.norm, nn.Identity) and not hooked
+
+    def _fused_spiking(self, x: torch.Tensor, T: Optional[int]) -> torch.Tensor:
+        """Same function as ``spiking`` with the reference modules: the conv runs without its bias,
+        both biases and the dropout run inside the fused IF kernel, the pool in its own kernel."""
+        from ..layers import fused
+
+        conv = self.conv
+        weight = conv.quantized_weight() if is_quantized(conv) else conv.weight
+
+        def synapse(z: torch.Tensor) -> torch.Tensor:
+            return fused.avg_pool_conv(z, weight) if self.is_pool else conv._conv_forward(z, weight, None)
+
+        current = over_time(synapse, x, True) if T is None else constant_over_time(synapse, x, T, True)
+        n = self.neuron
+        p = self.dropout.p if self.training and isinstance(self.dropout, nn.Dropout) else 0.0
+        fuse_dropout = p > 0 and not n.monitor  # a monitored neuron records its spikes before dropout
+        spikes = fused.if_soft_reset_layer(current, n.threshold, n.shift / n.T, n.initial_potential, n.alpha,
+                                           conv.bias, self.calib_bias, p if fuse_dropout else 0.0)
+        if fuse_dropout:
+            return spikes
+        n._record(spikes)
+        return self.dropout(spikes)
 
 
 def avg_pool_conv(channels: int) -> nn.Conv2d:
@@ -126,9 +164,9 @@ class SpikingVGG(SpikingModel):
         """Per-step logits ``[T, B, K]``; the image is the input current at every step."""
         fold = self.fold_time
         first, *rest = self.features
-        s = first.snn(constant_over_time(first.synapse, x, self.T, fold))
+        s = first.spiking(x, fold, T=self.T)
         for layer in rest:
-            s = layer.snn(over_time(layer.synapse, s, fold))
+            s = layer.spiking(s, fold)
         return over_time(self.classifier, s.flatten(2), fold)
 
     def decode(self, steps: torch.Tensor) -> torch.Tensor:
