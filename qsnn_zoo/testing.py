@@ -216,16 +216,20 @@ def compare_penalty(device="cpu", n: int = 5000) -> dict:
     return {"value_rel_error": worst_value, "grads_equal": grads_equal, "used_kernel": True}
 
 
+# check name -> (the fused piece it checks, the check)
+LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
+    "if_layer": ("if_layer", compare_if_layer),
+    "if_layer_channels_last": ("if_layer", lambda device: compare_if_layer(device, channels_last=True)),
+    "dropout": ("if_layer", dropout_statistics),
+    "pool_channels_last": ("pool", compare_pool),
+    "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
+    "penalty": ("penalty", compare_penalty),
+}
+
+
 def layer_checks(device="cpu") -> Dict[str, dict]:
     """Every fused piece beyond the neurons, each on fresh random inputs."""
-    return {
-        "if_layer": compare_if_layer(device),
-        "if_layer_channels_last": compare_if_layer(device, channels_last=True),
-        "dropout": dropout_statistics(device),
-        "pool_channels_last": compare_pool(device),
-        "pool_contiguous": compare_pool(device, channels_last=False),
-        "penalty": compare_penalty(device),
-    }
+    return {name: check(device) for name, (_, check) in LAYER_CHECKS.items()}
 
 
 def layer_check_ok(name: str, r: dict) -> bool:

@@ -38,7 +38,7 @@ from qsnn_zoo.cbp import CBP
 from qsnn_zoo.data import load_sample, to_tensor
 from qsnn_zoo.layers import fused
 from qsnn_zoo.layers.neurons import SpikingNeuron
-from qsnn_zoo.testing import compare_backends, compare_neuron, neuron_cases, wake_up
+from qsnn_zoo.testing import LAYER_CHECKS, compare_backends, compare_neuron, layer_check_ok, neuron_cases, wake_up
 from qsnn_zoo.train.config import recipe_for, stages_for
 from qsnn_zoo.train.loop import StepRule, TrainForward, train_step
 from qsnn_zoo.train.pipelines import make_optimizer
@@ -281,6 +281,24 @@ def check_neurons(device: torch.device) -> dict:
     return results
 
 
+def check_layers(device: torch.device) -> dict:
+    """The fused VGG-layer pieces and the CBP penalty against their references on the device. A
+    piece that fails to compile or to match is switched off (``fused.DISABLED``), so everything
+    after this is timed on the path used before that piece existed, and the report says so."""
+    results = {}
+    for name, (piece, check) in LAYER_CHECKS.items():
+        try:
+            r = check(device)
+            r["ok"] = layer_check_ok(name, r)
+        except Exception as error:  # a compile or launch failure of a new kernel must not stop the run
+            r = {"ok": False, "error": f"{type(error).__name__}: {error}"[:2000]}
+        r["piece"] = piece
+        results[name] = r
+        if not r["ok"]:
+            fused.DISABLED.add(piece)
+    return results
+
+
 def check_model(model: nn.Module, name: str, device: torch.device, quick: bool) -> dict:
     """Reference vs fast (fp32, TF32 off) on a few images, and fast bf16 vs reference fp32 on the
     bundled 256 test images. Folding T into the batch changes cuDNN's algorithms, so a spike at
@@ -319,36 +337,61 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
     infer_batches = sorted({train_batch, *args.infer_batches})
     variants = [v for v in VARIANTS if device.type == "cuda" or v != "fast_bf16"]
     model = qsnn_zoo.create_model(name, T=T).to(device)
-    out: dict = {"model": name, "T": T, "train_batch": train_batch, "train_stage": stage}
-    out["check"] = check_model(model, name, device, args.quick)
+    out: dict = {"model": name, "T": T, "train_batch": train_batch, "train_stage": stage, "errors": [], "skipped": []}
+    try:
+        out["check"] = check_model(model, name, device, args.quick)
+        failure = None if out["check"]["ok"] else f"check with fused pieces failed: {out['check']}"
+    except Exception as error:
+        failure = f"check with fused pieces: {type(error).__name__}: {error}"[:2000]
+    if failure is not None and not set(fused.PIECES) <= fused.DISABLED:
+        # A fused piece that passed its own check but fails inside the model: switch all of them
+        # off and check (and time) the path that existed before them.
+        fused.DISABLED.update(fused.PIECES)
+        out["errors"].append(failure)
+        out["check"] = check_model(model, name, device, args.quick)
+    out["fused_pieces_off"] = sorted(fused.DISABLED)
     work_train = count_work(model, train_batch, device)
     out["floors"] = {"train": floor(work_train, "train", ceilings)}
     out["train"], out["infer"] = {}, {}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for variant in variants if stage else []:
+        if time.monotonic() > args.deadline:
+            out["skipped"].append(f"train {variant}")
+            continue
         model.load_state_dict(state)
-        step, _ = make_train_step(prepare(model, variant), name, variant, device, train_batch)
-        warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
-        seconds = median_time(step, device, warm, runs)
-        out["train"][variant] = {"s": seconds, **peak_memory(step, device)}
-        if args.profile and variant == "fast_bf16":
-            out["profile_train"] = kernel_profile(step, device)
-        print(f"{name:32s} train {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
-        del step
+        try:
+            step, _ = make_train_step(prepare(model, variant), name, variant, device, train_batch)
+            warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
+            seconds = median_time(step, device, warm, runs)
+            out["train"][variant] = {"s": seconds, **peak_memory(step, device)}
+            if args.profile and variant == "fast_bf16":
+                out["profile_train"] = kernel_profile(step, device)
+            print(f"{name:32s} train {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
+        except Exception as error:  # report and go on: one failing variant must not lose the others
+            out["errors"].append(f"train {variant}: {type(error).__name__}: {error}"[:2000])
+            print(f"{name:32s} train {variant:16s} FAILED: {error}", flush=True)
+        step = None
         free_memory(device)
     model.load_state_dict(state)
     infer_variants = variants + (["fast_bf16_graph"] if device.type == "cuda" else [])
     for batch in infer_batches:
         out["floors"][f"infer@{batch}"] = floor(count_work(model, batch, device), "infer", ceilings)
         for variant in infer_variants:
-            fn = make_inference(prepare(model, variant), variant, device, batch)
-            warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
-            seconds = median_time(fn, device, warm, runs)
-            out["infer"].setdefault(f"{batch}", {})[variant] = {"s": seconds, "images_per_s": batch / seconds}
-            if args.profile and variant == "fast_bf16" and batch == 128:
-                out["profile_infer@128"] = kernel_profile(fn, device)
-            print(f"{name:32s} infer@{batch:<5d} {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
-            del fn
+            if time.monotonic() > args.deadline:
+                out["skipped"].append(f"infer@{batch} {variant}")
+                continue
+            try:
+                fn = make_inference(prepare(model, variant), variant, device, batch)
+                warm, runs = (1, args.ref_runs) if variant == "reference" else (args.warmup, args.runs)
+                seconds = median_time(fn, device, warm, runs)
+                out["infer"].setdefault(f"{batch}", {})[variant] = {"s": seconds, "images_per_s": batch / seconds}
+                if args.profile and variant == "fast_bf16" and batch == 128:
+                    out["profile_infer@128"] = kernel_profile(fn, device)
+                print(f"{name:32s} infer@{batch:<5d} {variant:16s} {seconds * 1e3:9.2f} ms", flush=True)
+            except Exception as error:
+                out["errors"].append(f"infer@{batch} {variant}: {type(error).__name__}: {error}"[:2000])
+                print(f"{name:32s} infer@{batch:<5d} {variant:16s} FAILED: {error}", flush=True)
+            fn = None
             free_memory(device)
     del model
     free_memory(device)
@@ -428,6 +471,12 @@ def markdown(report: dict) -> str:
                      f"{c['bf16_vs_fp32_prediction_agreement']:.3f} ({c['bf16_images']} images) |")
     lines += ["", "Fused neurons vs reference: " + ", ".join(
         f"{k} {'ok' if v['ok'] else 'FAIL'} (grad rel. err {v['grad_rel_error']:.1e})" for k, v in report["neurons"].items()), ""]
+    lines += ["Fused layer pieces vs reference: " + ", ".join(
+        f"{k} {'ok' if v['ok'] else 'FAIL -> ' + v['piece'] + ' switched off'}" for k, v in report["layers"].items()), ""]
+    for m in report["models"]:
+        if m["fused_pieces_off"] or m["errors"] or m["skipped"]:
+            lines += [f"{m['model']}: fused pieces off {m['fused_pieces_off']}; errors: {m['errors']}; "
+                      f"not measured (time budget): {m['skipped']}", ""]
     if report["skipped"]:
         lines += [f"Not measured (time budget): {', '.join(report['skipped'])}", ""]
     return "\n".join(lines)
@@ -450,7 +499,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ref-runs", type=int, default=3, help="timed runs of the slow reference path")
     parser.add_argument("--T", type=int, default=None, help="override every model's T (smoke tests)")
     parser.add_argument("--train-batch", type=int, default=None, help="override the recipe's batch (smoke tests)")
-    parser.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; later models are skipped")
+    parser.add_argument("--time-budget", type=float, default=float("inf"),
+                        help="seconds; once spent, the remaining variants and models are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--profile", action="store_true", help="kernel time table of the fast bf16 workloads")
     args = parser.parse_args(argv)
@@ -464,9 +514,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.monotonic()
     report = {"environment": environment(device), "ceilings": measure_ceilings(device), "anchors":
               {f"{k[0]} {k[1]}": v for k, v in ANCHORS.items()}, "models": [], "skipped": []}
+    args.deadline = start + args.time_budget
     report["neurons"] = check_neurons(device)
     for name, r in report["neurons"].items():
         print(f"neuron {name:22s} {'ok' if r['ok'] else 'FAIL'}  grad rel err {r['grad_rel_error']:.2e}", flush=True)
+    report["layers"] = check_layers(device)
+    for name, r in report["layers"].items():
+        print(f"layer  {name:22s} {'ok' if r['ok'] else 'FAIL, ' + r['piece'] + ' switched off: ' + str(r)}", flush=True)
     write_report(report, args.out, args.stem)
     for name in args.models:
         if time.monotonic() - start > args.time_budget:
@@ -477,7 +531,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_report(report, args.out, args.stem)
     write_report(report, args.out, args.stem)
     print(markdown(report))
-    failed = [k for k, v in report["neurons"].items() if not v["ok"]] + [m["model"] for m in report["models"] if not m["check"]["ok"]]
+    failed = [k for k, v in {**report["neurons"], **report["layers"]}.items() if not v["ok"]]
+    failed += [m["model"] for m in report["models"] if not m["check"]["ok"] or m["errors"]]
     if failed:
         print(f"AGREEMENT FAILED: {failed}", file=sys.stderr)
         return 1

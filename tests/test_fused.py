@@ -74,6 +74,17 @@ def test_cpu_without_interpreter_falls_back_to_reference():
     assert torch.equal(fused.lif_hard_reset(x, 0.5, 0.25, 0.5), neurons.lif_hard_reset(x, 0.5, 0.25, 0.5))
 
 
+def test_disabled_piece_is_off_and_unknown_piece_refused():
+    x = torch.randn(2, 4, 4, 4)
+    fused.DISABLED.add("pool")
+    try:
+        assert not fused.piece_enabled("pool", x)
+    finally:
+        fused.DISABLED.discard("pool")
+    with pytest.raises(ValueError, match="unknown fused piece"):
+        fused.piece_enabled("conv", x)
+
+
 def test_trained_threshold_keeps_reference_autograd():
     threshold = torch.tensor(0.7, requires_grad=True)
     fused.if_soft_reset(torch.randn(3, 2, 5), threshold, 0.1, None, 2.0).sum().backward()

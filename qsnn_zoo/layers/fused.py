@@ -1,7 +1,9 @@
-"""Fused multi-step neurons: one kernel runs the whole forward over T, one the whole backward.
+"""Fused kernels of the fast paths: multi-step neurons (one kernel runs the whole forward over T,
+one the whole backward), the rest of a VGG layer around its IF neuron (biases, dropout, the 2x2
+pooling conv) and the CBP penalty.
 
-Each function here computes the same function as its namesake in :mod:`.neurons` (the readable
-reference) and is tested equal to it. On CUDA tensors (or on the CPU under Triton's interpreter,
+Each neuron function here computes the same function as its namesake in :mod:`.neurons` (the
+readable reference), each other function names its reference; all are tested equal to them. On CUDA tensors (or on the CPU under Triton's interpreter,
 ``TRITON_INTERPRET=1``, which the tests use) a Triton kernel pair runs; anywhere else the call
 falls back to the reference.
 
@@ -34,9 +36,21 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LAUNCH = {"enable_fp_fusion": False}
 
 
+PIECES = ("if_layer", "pool", "penalty")
+DISABLED: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
+
+
 def triton_enabled(t: torch.Tensor) -> bool:
     """Whether ``t`` is handled by the Triton kernels (else by the reference)."""
     return triton is not None and (t.is_cuda or _INTERPRET)
+
+
+def piece_enabled(piece: str, t: torch.Tensor) -> bool:
+    """Whether the fused ``piece`` (one of PIECES) runs for ``t``. A piece can be switched off by
+    adding it to DISABLED, e.g. when its on-device check fails (scripts/benchmark.py does so)."""
+    if piece not in PIECES:
+        raise ValueError(f"unknown fused piece {piece!r}; expected one of {PIECES}")
+    return piece not in DISABLED and triton_enabled(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,8 +346,10 @@ if triton is not None:
     def _interval_offset(w, s, TERNARY: tl.constexpr):
         """w - q_p, as cbp._offset_in_interval."""
         if TERNARY:
-            return tl.where(w < 0, w + s, w)
-        return w + s
+            x = tl.where(w < 0, w + s, w)
+        else:
+            x = w + s
+        return x
 
     @triton.jit
     def _penalty_forward_kernel(w_ptr, lam_ptr, scale_ptr, partial_ptr, N, u, TERNARY: tl.constexpr,
@@ -343,7 +359,10 @@ if triton is not None:
         w = tl.load(w_ptr + offs, mask=mask, other=0.0)
         lam = tl.load(lam_ptr + offs, mask=mask, other=0.0)
         s = tl.load(scale_ptr)
-        gap = s if TERNARY else 2 * s
+        if TERNARY:
+            gap = s
+        else:
+            gap = 2 * s
         half = gap / 2
         # cbp.constraint_value, operation for operation
         outside = tl.maximum(tl.abs(w) - s, 0.0)
@@ -361,7 +380,10 @@ if triton is not None:
         w = tl.load(w_ptr + offs, mask=mask, other=0.0)
         lam = tl.load(lam_ptr + offs, mask=mask, other=0.0)
         s = tl.load(scale_ptr)
-        gap = s if TERNARY else 2 * s
+        if TERNARY:
+            gap = s
+        else:
+            gap = 2 * s
         half = gap / 2
         # cbp.constraint_grad, operation for operation
         x = _interval_offset(w, s, TERNARY)
@@ -589,7 +611,7 @@ def if_soft_reset_layer(
     """
     kernel_dropout = 0 <= dropout < 1 and current.shape[0] * current[0].numel() < 2**31  # int32 counters
     trained_state = threshold.requires_grad or (initial_potential is not None and initial_potential.requires_grad)
-    if not triton_enabled(current) or trained_state or not kernel_dropout:
+    if not piece_enabled("if_layer", current) or trained_state or not kernel_dropout:
         for b in (bias, calib_bias):
             if b is not None:
                 current = current + b.view(-1, *[1] * (current.dim() - 3)).to(current.dtype)
@@ -609,7 +631,7 @@ def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     converted models: weights 1/4), since sums of equal terms round alike in any order.
     """
     usable = (
-        triton_enabled(x)
+        piece_enabled("pool", x)
         and x.dim() == 4
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
@@ -630,7 +652,7 @@ def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: to
     where no kernel runs (the caller then takes the reference). Block-wise sums: the value equals
     the reference's within rounding, the gradient exactly."""
     usable = (
-        triton_enabled(weight)
+        piece_enabled("penalty", weight)
         and weight.dtype == torch.float32
         and multiplier.dtype == torch.float32
         and weight.is_contiguous()

@@ -68,7 +68,7 @@ class VGGLayer(nn.Module):
         # The fused path bypasses the conv and neuron modules, so it is taken only where no hook
         # observes them and there is no norm between conv and neuron.
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.neuron))
-        return fused.triton_enabled(x) and isinstance(self.norm, nn.Identity) and not hooked
+        return fused.piece_enabled("if_layer", x) and isinstance(self.norm, nn.Identity) and not hooked
 
     def _fused_spiking(self, x: torch.Tensor, T: Optional[int]) -> torch.Tensor:
         """Same function as ``spiking`` with the reference modules: the conv runs without its bias,
