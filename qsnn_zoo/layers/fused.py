@@ -3,9 +3,9 @@ one the whole backward), the rest of a VGG layer around its IF neuron (biases, d
 pooling conv) and the CBP penalty.
 
 Each neuron function here computes the same function as its namesake in :mod:`.neurons` (the
-readable reference), each other function names its reference; all are tested equal to them. On CUDA tensors (or on the CPU under Triton's interpreter,
-``TRITON_INTERPRET=1``, which the tests use) a Triton kernel pair runs; anywhere else the call
-falls back to the reference.
+readable reference), each other function names its reference; all are tested equal to them. On
+CUDA tensors (or on the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests
+use) a Triton kernel pair runs; anywhere else the call falls back to the reference.
 
 Why it is faster: the reference launches a handful of elementwise kernels per step and autograd
 saves several full-size fp32 tensors per step. The forward kernel reads each input current once,
