@@ -60,7 +60,9 @@ class WeightsFile:
     sha256: str
     size: int
     hf_repo: str
-    revision: str  # a full commit hash, so downloads are reproducible
+    # A full commit hash, so downloads are reproducible; None while the file ships only in the
+    # repository's checkpoints/ folder and has not been uploaded to the Hub.
+    revision: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,12 @@ def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
 
     w = entry.weights
+    if w.revision is None:
+        raise WeightsNotFoundError(
+            f"{w.filename} of {entry.name} is not on the Hub yet: it ships in the repository's checkpoints/ "
+            f"folder, which this installation lacks. Use a clone of the repository (or torch.hub.load), put "
+            f"the file in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH."
+        )
     supply = (
         f"put {w.filename} in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH "
         f"(`hf download {w.hf_repo} {w.filename} --revision {w.revision}` fetches it where there is a network)"

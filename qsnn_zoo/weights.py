@@ -41,6 +41,8 @@ def atomic_write(path: PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates files readable by the owner only; published files are for everyone.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

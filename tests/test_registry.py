@@ -87,8 +87,11 @@ def contract_violations(entry: ModelEntry) -> List[str]:
     if w is not None:
         if not (w.filename.endswith(".safetensors") and HEX64.fullmatch(w.sha256) and w.size > 0):
             problems.append(f"weights file record {w}")
-        if not (re.fullmatch(r"[\w.-]+/[\w.-]+", w.hf_repo) and HEX40.fullmatch(w.revision)):
+        pinned = w.revision is None or HEX40.fullmatch(w.revision)  # None: only in checkpoints/ so far
+        if not (re.fullmatch(r"[\w.-]+/[\w.-]+", w.hf_repo) and pinned):
             problems.append(f"weights must name a Hub repo and pin a full commit hash, got {w.hf_repo}@{w.revision}")
+        if w.revision is None and not (REPO_ROOT / "checkpoints" / w.filename).is_file():
+            problems.append(f"weights not on the Hub must ship in checkpoints/, {w.filename} is not there")
         if not entry.metrics:
             problems.append("published weights come with measured metrics")
     for m in entry.metrics:

@@ -28,7 +28,7 @@ def weight_codes(weight: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.
     """
     _check_mode(mode)
     if mode == "bin":
-        return torch.where(weight >= 0, 1, -1).to(torch.int8)
+        return (weight >= 0).to(torch.int8) * 2 - 1
     half = scale / 2
     return (weight > half).to(torch.int8) - (weight < -half).to(torch.int8)
 
