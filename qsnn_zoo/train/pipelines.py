@@ -160,10 +160,12 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
             {"params": [p for _, p in named if p.dim() > 1], "weight_decay": recipe.weight_decay},
             {"params": [p for _, p in named if p.dim() <= 1], "weight_decay": 0.0},
         ]
+    # One fused kernel for decay, momentum and update instead of several passes over every weight.
+    fused = True if all(p.is_cuda for _, p in named) else None
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, fused=fused)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), eps=1e-8)
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {recipe.optimizer!r}")
 
 
