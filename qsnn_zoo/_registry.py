@@ -95,6 +95,8 @@ class ModelEntry:
     metrics: Tuple[Metric, ...] = ()
     paper_claim: str = ""
     recipe: str = ""
+    # How the published weights' run departs from SPEC.md's recipe (shorter schedule, options).
+    training_notes: Tuple[str, ...] = ()
     description: str = ""
     license: str = "apache-2.0"
     citation: str = ""
@@ -140,6 +142,7 @@ def _with_published(entry: ModelEntry, record: Mapping[str, Any]) -> ModelEntry:
         weights=WeightsFile(**record["weights"]),
         metrics=tuple(Metric(**m) for m in record.get("metrics", ())),
         recipe=record.get("recipe", entry.recipe),
+        training_notes=tuple(record.get("training_notes", ())),
     )
 
 

@@ -15,6 +15,7 @@ import yaml
 from ._registry import ModelEntry, iter_entries
 from .export import hardware_section
 from .metrics import LOSSLESS_ROWS, MB, entry_weight_memory, measured_top1
+from .models._common import default_recipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARDS_DIR = "model_cards"
@@ -28,6 +29,11 @@ METHOD_NAMES = {"calib": "SNN-Calibration", "stbp": "STBP", "tsslbp": "TSSL-BP"}
 METHOD_TAGS = {"calib": "snn-calibration", "stbp": "stbp", "tsslbp": "tssl-bp"}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 KIND_WORDS = {"fp32": "full-precision (fp32)", "bin": "binary", "ter": "ternary"}
+METRIC_MEANINGS = {
+    "top1": "top-1 of the published model as `create_model(..., pretrained=True)` builds it (the SNN, at the entry's T)",
+    "top1_ann": "top-1 of the ANN form of the same weights (`model.set_mode(\"ann\")`), before conversion",
+    "top1_fp32_weights": "top-1 of the same network with its fp32 weights, before the float16 re-save that is published",
+}
 NEURON_NAMES = {"if": "integrate-and-fire (IF)", "lif": "leaky integrate-and-fire (LIF)", "tssl": "TSSL-BP spike-response neuron"}
 
 
@@ -106,6 +112,10 @@ def overview(entry: ModelEntry) -> str:
             f"- **No published weights yet.** Make them with `{entry.recipe}`, then load them with "
             f"`create_model(\"{entry.name}\", weights=PATH)`."
         )
+    elif entry.weights.revision is None:
+        lines.append(f"- Weights: `{entry.weights.filename}` ({entry.weights.size:,} bytes, sha256 "
+                     f"`{entry.weights.sha256}`) in the repository's `checkpoints/` folder; not yet uploaded to "
+                     f"the Hub repository {entry.weights.hf_repo}.")
     else:
         lines.append(f"- Weights: `{entry.weights.filename}` in [{entry.weights.hf_repo}](https://huggingface.co/"
                      f"{entry.weights.hf_repo}) at revision `{entry.weights.revision}`, sha256 `{entry.weights.sha256}`.")
@@ -203,6 +213,8 @@ def results(entry: ModelEntry) -> str:
     if entry.metrics:
         rows = [[m.name, f"{m.value:.2f} %", m.data, str(m.rows), f"`{m.source}`"] for m in entry.metrics]
         lines += [_table(["metric", "value", "measured on", "images", "produced by"], rows), ""]
+        names = dict.fromkeys(m.name for m in entry.metrics)
+        lines += [f"- `{name}`: {METRIC_MEANINGS.get(name, name)}" for name in names] + [""]
     else:
         lines += ["No measured results yet" + (": there are no published weights." if entry.weights is None else "."), ""]
     lines.append(f"Paper claim: {entry.paper_claim}")
@@ -210,7 +222,13 @@ def results(entry: ModelEntry) -> str:
 
 
 def reproduce(entry: ModelEntry) -> str:
-    lines = ["## Reproduce", "", _fence("bash", entry.recipe), ""]
+    full = default_recipe(entry.name)
+    if entry.recipe == full:
+        lines = ["## Reproduce", "", _fence("bash", entry.recipe), ""]
+    else:
+        lines = ["## Reproduce", "", "The published weights were made with:", "", _fence("bash", entry.recipe), ""]
+        lines += [f"- {note}" for note in entry.training_notes]
+        lines += ["", "SPEC.md's full recipe (the paper's schedule):", "", _fence("bash", full), ""]
     if entry.parent:
         lines.append(f"It starts from the weights of [{entry.parent}]({entry.parent}.md).")
     lines.append("Every step and setting is described in [docs/reproduce.md](../docs/reproduce.md).")

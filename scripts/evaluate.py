@@ -36,16 +36,21 @@ def main(argv=None) -> int:
     parser.add_argument("--limit-test", type=int, default=0, help="only the first N test images")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--ann", action="store_true", help="SNN-Calibration entries: evaluate the ANN form")
     args = parser.parse_args(argv)
     entry = get_entry(args.name)
     device = pick_device(args.device)
     overrides = {"T": args.T} if args.T else {}
     model = create_model(args.name, pretrained=args.pretrained, weights=args.weights, **overrides).to(device)
     model.set_backend(args.backend or ("fast" if device.type == "cuda" else "reference"))
+    if args.ann:
+        if not hasattr(model, "set_mode"):
+            parser.error(f"--ann needs an SNN-Calibration entry (*_calib); {args.name} has no ANN form")
+        model.set_mode("ann")
     data = load_cifar(args.data, "test", entry.dataset)
     if args.limit_test:
         data = data.subset(slice(0, args.limit_test))
-    result = {"name": args.name, **evaluate(model, data, entry.mean, entry.std, args.batch_size, device, amp=args.amp)}
+    result = {"name": args.name, "form": "ann" if args.ann else "snn", **evaluate(model, data, entry.mean, entry.std, args.batch_size, device, amp=args.amp)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
