@@ -33,6 +33,8 @@ METRIC_MEANINGS = {
     "top1": "top-1 of the published model as `create_model(..., pretrained=True)` builds it (the SNN, at the entry's T)",
     "top1_ann": "top-1 of the ANN form of the same weights (`model.set_mode(\"ann\")`), before conversion",
     "top1_fp32_weights": "top-1 of the same network with its fp32 weights, before the float16 re-save that is published",
+    "top1_cpu": "top-1 of the published model recomputed on the CPU (reference backend); CPU and GPU convolutions "
+    "round differently, which can flip a few spikes over T steps",
 }
 NEURON_NAMES = {"if": "integrate-and-fire (IF)", "lif": "leaky integrate-and-fire (LIF)", "tssl": "TSSL-BP spike-response neuron"}
 

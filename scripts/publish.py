@@ -52,6 +52,8 @@ def extra_metrics(specs, dataset: str, dest: Path):
             "all": {"top1": result["top1_all"], "rows": result["rows_all"]},
             "lossless": {"top1": result["top1_lossless"], "rows": result["rows_lossless"]},
         }
+        if acc["all"]["rows"] == acc["lossless"]["rows"]:
+            acc = {"lossless": acc["lossless"]}  # a --limit run over the lossless rows only
         for record in metric_records(acc, dataset, str(source.relative_to(REPO_ROOT))):
             records.append({**record, "name": metric})
     return records
