@@ -48,19 +48,19 @@ def _in_directory(directory: Path, entry: ModelEntry) -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
-def _local_candidates(entry: ModelEntry, weights: Optional[PathLike]) -> Iterator[Path]:
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir():
-            found = _in_directory(path, entry)
-            if found is None:
-                raise WeightsNotFoundError(f"{path} holds no {weights_filename(entry)} for {entry.name}.")
-            yield found
-        elif path.is_file():
-            yield path
-        else:
-            raise WeightsNotFoundError(f"weights path {path} does not exist.")
-        return
+def _explicit(entry: ModelEntry, weights: PathLike) -> Path:
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        found = _in_directory(path, entry)
+        if found is None:
+            raise WeightsNotFoundError(f"{path} holds no {weights_filename(entry)} for {entry.name}.")
+        return found
+    if path.is_file():
+        return path
+    raise WeightsNotFoundError(f"weights path {path} does not exist.")
+
+
+def _local_candidates(entry: ModelEntry) -> Iterator[Path]:
     env_dir = os.environ.get(ENV_WEIGHTS_DIR)
     if env_dir:
         found = _in_directory(Path(env_dir).expanduser(), entry)
@@ -151,8 +151,14 @@ def _remove_from_cache(path: Path) -> None:
 def resolve_weights(
     entry: ModelEntry, weights: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None
 ) -> Path:
-    """The local path of ``entry``'s weights, downloading them if needed (see module doc)."""
-    for path in _local_candidates(entry, weights):
+    """The local path of ``entry``'s weights, downloading them if needed (see module doc).
+
+    An explicit ``weights`` path is the caller's own file (training writes ``NAME.safetensors`` too),
+    so it is format-checked when loaded but not held to the published hash.
+    """
+    if weights is not None:
+        return _explicit(entry, weights)
+    for path in _local_candidates(entry):
         return _verify(entry, path) if _is_published_file(entry, path) else path
     if entry.weights is None:
         raise WeightsNotFoundError(

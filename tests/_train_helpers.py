@@ -1,12 +1,33 @@
-"""Shared by the training tests: run a script in-process, tiny run flags, a random fp32 parent."""
+"""Shared by the training tests: run a script in-process, tiny run flags, a random fp32 parent, and
+a synthetic CIFAR-10 bundle so the tests need no dataset (CI has none)."""
+import functools
 import importlib.util
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import qsnn_zoo
 from qsnn_zoo import save_weights
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / ".data" / "cifar10"
+
+
+@functools.lru_cache(maxsize=None)
+def synthetic_bundle(train_per_file=40, test_rows=32) -> Path:
+    """Random images in the .npz bundle's layout (train-0..4.npz, test.npz with its lossless mask)."""
+    root = Path(tempfile.mkdtemp(prefix="qsnn-cifar-"))
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+    for i in range(5):
+        x, y = images(train_per_file)
+        np.savez(root / f"train-{i}.npz", images=x, labels=y)
+    x, y = images(test_rows)
+    np.savez(root / "test.npz", images=x, labels=y, lossless=np.arange(test_rows) < test_rows // 2)
+    return root
 
 
 def script(name):
@@ -19,7 +40,7 @@ def script(name):
 def tiny(out, images=32, batch=16, epochs=1, T=1):
     """Flags of a run small enough for a CPU test."""
     return [
-        "--out", str(out), "--data", str(DATA), "--device", "cpu", "--no-progress",
+        "--out", str(out), "--data", str(synthetic_bundle()), "--device", "cpu", "--no-progress",
         "--limit-train", str(images), "--limit-test", "16", "--batch-size", str(batch),
         "--epochs", str(epochs), "--T", str(T),
     ]

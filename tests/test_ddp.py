@@ -5,9 +5,8 @@ import sys
 
 import pytest
 
-from _train_helpers import DATA, REPO, random_parent, tiny
+from _train_helpers import REPO, random_parent, tiny
 
-pytestmark = pytest.mark.skipif(not (DATA / "test.npz").is_file(), reason="needs the CIFAR-10 bundle in .data/cifar10")
 
 
 def test_two_gloo_processes_train_and_agree(tmp_path):

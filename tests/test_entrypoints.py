@@ -181,6 +181,16 @@ def test_a_local_file_with_other_bytes_than_the_published_ones(monkeypatch, no_l
     assert weights_file.exists(), "a user's own file is reported, never deleted"
 
 
+def test_an_explicit_path_is_the_users_own_file_and_not_held_to_the_published_hash(monkeypatch, random_weights):
+    model, weights_file = random_weights
+    published(monkeypatch, NAME, b"the published bytes")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        for given in (weights_file, weights_file.parent):
+            assert torch.equal(qsnn_zoo.create_model(NAME, weights=given, T=2).eval()(x), expected)
+
+
 def test_offline_without_a_cached_copy(monkeypatch, no_local_weights):
     entry = published(monkeypatch, NAME, b"published elsewhere")
     with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE is set.*QSNN_ZOO_WEIGHTS.*weights=PATH") as err:

@@ -1,16 +1,16 @@
 """Each pipeline end to end on a few images with tiny T; the weights load with create_model."""
+import dataclasses
 import json
 
 import pytest
 import torch
 
 import qsnn_zoo
+from qsnn_zoo import _registry, get_entry, hub
 from qsnn_zoo.layers.quant import quantized_modules
 from qsnn_zoo.train.metrics_log import read_metrics
 
-from _train_helpers import DATA, script, tiny
-
-pytestmark = pytest.mark.skipif(not (DATA / "test.npz").is_file(), reason="needs the CIFAR-10 bundle in .data/cifar10")
+from _train_helpers import script, tiny
 
 
 def _check_outputs(out, name, stage):
@@ -30,7 +30,15 @@ def _check_quantized(model):
         assert torch.isin(layer.weight, levels).all()
 
 
+def _unpublish(monkeypatch, tmp_path, name):
+    """Makes ``name`` look unpublished, so reproduce.py must train it first."""
+    monkeypatch.setattr(hub, "REPO_CHECKPOINTS", tmp_path / "no-checkpoints")
+    monkeypatch.setitem(_registry._ENTRIES, name, dataclasses.replace(get_entry(name), weights=None))
+    monkeypatch.delenv("QSNN_ZOO_WEIGHTS", raising=False)
+
+
 def test_snn_calibration_pipeline_reproduces_parent_then_cbp(tmp_path, monkeypatch):
+    _unpublish(monkeypatch, tmp_path, "vgg16_cifar10_fp32_calib")
     # "--calib none" keeps the CPU test short (threshold search by max); C2's tests cover light calibration.
     args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path), "--calib", "none", "--calib-batches", "1"]
     assert script("reproduce").main(args) == 0

@@ -8,9 +8,8 @@ import torch
 from qsnn_zoo.weights import read_state
 from qsnn_zoo.train.metrics_log import read_metrics
 
-from _train_helpers import DATA, random_parent, script, tiny
+from _train_helpers import random_parent, script, tiny
 
-pytestmark = pytest.mark.skipif(not (DATA / "test.npz").is_file(), reason="needs the CIFAR-10 bundle in .data/cifar10")
 NAME = "vgg16_cifar10_ter_calib"
 
 
