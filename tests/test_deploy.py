@@ -100,3 +100,13 @@ def test_other_files_are_refused_with_the_fix(tmp_path):
 def test_export_model_writes_deploy_files(tmp_path):
     path = export_model("alexnet_cifar10_bin_tsslbp", "deploy", tmp_path / "a.deploy", pretrained=False)
     assert deploy.read_deploy(path).network["model_name"] == "alexnet_cifar10_bin_tsslbp"
+
+
+@pytest.mark.parametrize("name", qsnn_zoo.list_models(pretrained=True))
+def test_deploy_predictions_of_a_published_checkpoint_match_pytorch_on_the_bundled_sample(tmp_path, name):
+    images = load_sample().images[:8]
+    model = qsnn_zoo.create_model(name, pretrained=True).eval()
+    path = deploy.write_deploy(model, tmp_path / f"{name}.deploy.safetensors")
+    with torch.no_grad():
+        expected = model(to_tensor(images, model.entry.mean, model.entry.std)).argmax(1).numpy()
+    assert (deploy.predict(path, images) == expected).all()
