@@ -352,8 +352,8 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _penalty_forward_kernel(w_ptr, lam_ptr, scale_ptr, partial_ptr, N, u, TERNARY: tl.constexpr,
-                                BLOCK: tl.constexpr):
+    def _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY: tl.constexpr, BLOCK: tl.constexpr):
+        """This block's weights and multipliers, the scale s, the level gap and its half."""
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         w = tl.load(w_ptr + offs, mask=mask, other=0.0)
@@ -363,7 +363,12 @@ if triton is not None:
             gap = s
         else:
             gap = 2 * s
-        half = gap / 2
+        return offs, mask, w, lam, s, gap, gap / 2
+
+    @triton.jit
+    def _penalty_forward_kernel(w_ptr, lam_ptr, scale_ptr, partial_ptr, N, u, TERNARY: tl.constexpr,
+                                BLOCK: tl.constexpr):
+        offs, mask, w, lam, s, gap, half = _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY, BLOCK)
         # cbp.constraint_value, operation for operation
         outside = tl.maximum(tl.abs(w) - s, 0.0)
         x = _interval_offset(tl.minimum(tl.maximum(w, -s), s), s, TERNARY)
@@ -375,16 +380,7 @@ if triton is not None:
     @triton.jit
     def _penalty_backward_kernel(w_ptr, lam_ptr, scale_ptr, gout_ptr, gw_ptr, N, u, TERNARY: tl.constexpr,
                                  BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < N
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        lam = tl.load(lam_ptr + offs, mask=mask, other=0.0)
-        s = tl.load(scale_ptr)
-        if TERNARY:
-            gap = s
-        else:
-            gap = 2 * s
-        half = gap / 2
+        offs, mask, w, lam, s, gap, half = _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY, BLOCK)
         # cbp.constraint_grad, operation for operation
         x = _interval_offset(w, s, TERNARY)
         grad = tl.where(x < u * half, 2.0, tl.where(x >= gap - u * half, -2.0, 0.0))
