@@ -36,3 +36,33 @@ def test_interrupted_cbp_run_resumes_to_the_same_result(tmp_path):
     assert records == _without_timing(read_metrics(whole / "calib_cbp" / "metrics.jsonl"))
     assert [r["epoch"] for r in records] == [0, 1] and records[-1]["g"] == 3  # P_max 1: g advances each epoch
     assert json.loads((split / "summary.json").read_text())["test"] == json.loads((whole / "summary.json").read_text())["test"]
+
+
+def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path):
+    """How a GPU run is cut short when its time is up: stop a 3-epoch CBP run after epoch 1, then
+    ``--epochs 1 --resume`` publishes exactly what ``--epochs 1`` would have (CBP's lr is constant and
+    its g schedule does not look at the epoch count)."""
+    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
+    short = [NAME, *tiny(tmp_path / "short", epochs=1), "--parent-weights", str(parent), "--period-max", "1"]
+    assert script("quantize_cbp").main(short) == 0
+    cut = [NAME, *tiny(tmp_path / "cut", epochs=3), "--parent-weights", str(parent), "--period-max", "1"]
+    assert script("quantize_cbp").main([*cut, "--stop-after-epoch", "1"]) == 0
+    assert script("quantize_cbp").main([*cut, "--epochs", "1", "--resume"]) == 0
+    (state, meta), (finished, finished_meta) = (
+        read_state(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("short", "cut")
+    )
+    assert meta == finished_meta
+    assert all(torch.equal(state[k], finished[k]) for k in state)
+
+
+def test_deterministic_flag_switches_torch_to_deterministic_algorithms(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
+    try:
+        _run(tmp_path / "run", parent, "--deterministic")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -7,6 +7,7 @@ for the run's own use only; what a run publishes is ``NAME.safetensors`` (:func:
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -41,6 +42,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """cuDNN and cuBLAS in their deterministic modes. Their default algorithms sum in an order that varies
+    from run to run (atomics, autotuning), which is enough to give a different weights file."""
+    # cuBLAS reads this when its first handle is created, so it must be set before any GPU matmul.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    # warn_only: an op without a deterministic version names itself in the log instead of stopping the run.
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:

@@ -74,6 +74,7 @@ class RunOptions:
     stop_after_epoch: int = 0  # stop (resumably) once this many epochs are done, e.g. for job time limits
     parent_weights: str = ""  # fp32 weights to start CBP from; default: the parent's run, else the hub
     progress: bool = True
+    deterministic: bool = False  # deterministic cuDNN/cuBLAS algorithms, for bit-identical repeats on one GPU
 
 
 def _stbp_fp32() -> Recipe:
@@ -207,6 +208,7 @@ RUN_HELP = {
     "stop_after_epoch": "stop after this many epochs (resume later with --resume)",
     "parent_weights": "fp32 weights file to quantize (default: OUT/PARENT/PARENT.safetensors, else the hub)",
     "progress": "progress bars",
+    "deterministic": "deterministic GPU algorithms (slower): the same command then gives the same weights file",
 }
 
 

@@ -35,7 +35,9 @@ from ..hub import WeightsNotFoundError, resolve_weights, sha256_of
 from ..layers.quant import quantized_modules
 from ..weights import atomic_write, save_weights
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_everything, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_everything, set_rng_state, use_deterministic_algorithms,
+)
 from .config import Recipe, RunOptions
 from .data import Augment, DeviceLoader, holdout_split
 from .distributed import DistInfo
@@ -441,6 +443,8 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
 
 def run_stage(name: str, recipe: Recipe, options: RunOptions) -> Optional[Path]:
     """Runs one stage of entry ``name`` in this process (one of ``torchrun``'s ranks, or alone)."""
+    if options.deterministic:
+        use_deterministic_algorithms()
     device = distributed.pick_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     options = replace(options, backend=options.backend or ("fast" if device.type == "cuda" else "reference"))
     info = distributed.init_distributed(device)
