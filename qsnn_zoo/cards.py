@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional
 
 import yaml
 
-from ._registry import ModelEntry, iter_entries
+from ._registry import ModelEntry, get_entry, iter_entries
 from .export import hardware_section
 from .metrics import LOSSLESS_ROWS, MB, entry_weight_memory, measured_top1
 from .models._common import default_recipe
@@ -223,6 +223,29 @@ def results(entry: ModelEntry) -> str:
     return "\n".join(lines)
 
 
+def parent_comparison(entry: ModelEntry) -> str:
+    """Child against parent on the same test rows: the paired comparison that CBP-QSNN's claim is about."""
+    if not entry.parent:
+        return ""
+    parent = get_entry(entry.parent)
+    rows = []
+    for row_set, label in (("all", "all 10,000 rows"), ("lossless", "1,017 lossless rows")):
+        child, base = measured_top1(entry, row_set), measured_top1(parent, row_set)
+        if child is not None and base is not None:
+            rows.append([label, f"{base:.2f} %", f"{child:.2f} %", f"{child - base:+.2f}"])
+    if not rows:
+        return ""
+    return "\n".join([
+        "## Against its fp32 parent",
+        "",
+        f"Top-1 of this model and of [{parent.name}]({parent.name}.md) as published, on the same test rows. The "
+        "paper's claim is a drop below 1 point; the all-rows difference is the paired comparison (more images), "
+        "the lossless-row one is beside it.",
+        "",
+        _table(["test rows", "parent", "this model", "difference (points)"], rows),
+    ])
+
+
 def reproduce(entry: ModelEntry) -> str:
     full = default_recipe(entry.name)
     if entry.recipe == full:
@@ -283,6 +306,7 @@ SECTIONS: List[Callable[[ModelEntry], str]] = [
     memory,
     usage,
     results,
+    parent_comparison,
     reproduce,
     hardware_section,
     training_curves,

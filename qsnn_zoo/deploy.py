@@ -30,7 +30,7 @@ from .models.alexnet import POOL_WEIGHT, TSSLAlexNet
 from .models.cnn7 import CNN7
 from .models.vgg import SpikingVGG
 from .packing import pack_codes, unpack_codes
-from .weights import atomic_write
+from .weights import atomic_write, canonical_safetensors
 
 FORMAT_NAME = "qsnn-zoo-deploy"
 FORMAT_VERSION = "1"
@@ -200,7 +200,7 @@ def _write_vgg(writer: _Writer, model: SpikingVGG) -> Dict[str, Any]:
 
 def write_deploy(model: nn.Module, path: PathLike) -> Path:
     """Writes the spiking form of a zoo model (weights as they are) to ``path``, atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     writer = _Writer(model)
     if isinstance(model, CNN7):
@@ -228,7 +228,8 @@ def write_deploy(model: nn.Module, path: PathLike) -> Path:
         "output": output,
     }
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "network": json.dumps(network)}
-    atomic_write(path, lambda tmp: save_file(writer.tensors, tmp, metadata=metadata))
+    data = canonical_safetensors(save(writer.tensors, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .layers.quant import quantized_modules
@@ -47,6 +48,18 @@ def atomic_write(path: PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written in sorted key order.
+
+    safetensors serialises the header from a hash map whose order changes from one call to the next,
+    so the same tensors and metadata give different bytes, and a different sha256, every time.
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes with spaces
+    return struct.pack("<Q", len(header)) + header + data[8 + length :]
 
 
 def export_state(model: nn.Module, half: bool = False) -> tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -84,7 +97,8 @@ def save_weights(
         "float_dtype": "float16" if half else "float32",
         "config": json.dumps(config, sort_keys=True, default=str),
     }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    data = canonical_safetensors(save(state, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 

@@ -23,7 +23,7 @@ from qsnn_zoo import get_entry  # noqa: E402
 from qsnn_zoo._registry import PUBLISHED_FILE  # noqa: E402
 from qsnn_zoo.hub import REPO_CHECKPOINTS, sha256_of  # noqa: E402
 from qsnn_zoo.metrics import metric_records  # noqa: E402
-from qsnn_zoo.weights import atomic_write, read_metadata  # noqa: E402
+from qsnn_zoo.weights import atomic_write, canonical_safetensors, read_metadata  # noqa: E402
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "summary.json")
 
@@ -89,7 +89,9 @@ def main() -> None:
     metrics += extra_metrics(args.extra_metric, entry.dataset, dest)
 
     target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
-    atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
+    # Files written before save_weights sorted its header differ from a rerun's only in header order.
+    published_bytes = canonical_safetensors(weights.read_bytes())
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(published_bytes))
     published = json.loads(PUBLISHED_FILE.read_text()) if PUBLISHED_FILE.exists() else {}
     published[entry.name] = {
         "weights": {

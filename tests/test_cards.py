@@ -45,3 +45,18 @@ def test_sections_are_functions_of_the_entry():
     entry = get_entry("alexnet_cifar10_ter_tsslbp")
     assert all(isinstance(section(entry), str) for section in SECTIONS)
     assert render_card(entry) == render_card(entry)
+
+
+def test_quantized_card_compares_with_its_parent_on_the_same_rows():
+    from qsnn_zoo.metrics import measured_top1
+
+    entry = dataclasses.replace(
+        get_entry("vgg16_cifar10_bin_calib"),
+        metrics=(Metric("top1", 80.0, "cifar10 test, all rows", 10000, "runs/x/eval.json"),),
+    )
+    parent_all = measured_top1(get_entry(entry.parent), "all")
+    card = render_card(entry)
+    assert "## Against its fp32 parent" in card
+    assert f"| all 10,000 rows | {parent_all:.2f} % | 80.00 % | {80.0 - parent_all:+.2f} |" in card
+    assert "1,017 lossless rows |" not in card  # no child value on those rows: no row
+    assert "## Against its fp32 parent" not in render_card(get_entry(entry.parent))

@@ -66,3 +66,13 @@ def test_deterministic_flag_switches_torch_to_deterministic_algorithms(tmp_path,
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_same_command_twice_writes_the_same_file(tmp_path):
+    from qsnn_zoo.hub import sha256_of
+
+    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
+    for out in ("first", "second"):
+        _run(tmp_path / out, parent)
+    first, second = (sha256_of(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("first", "second"))
+    assert first == second

@@ -246,3 +246,18 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
     atomic_write(tmp_path / "new" / "x.bin", lambda tmp: Path(tmp).write_bytes(b"new"))
     assert (tmp_path / "new" / "x.bin").read_bytes() == b"new"
+
+
+def test_files_are_byte_reproducible_and_canonical_form_is_lossless(tmp_path):
+    from qsnn_zoo.weights import canonical_safetensors
+
+    model = tiny_model()
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path in (first, second):
+        save_weights(model, path, model_name="tiny", config={"b": 1, "a": 2})
+    assert first.read_bytes() == second.read_bytes()
+    data = first.read_bytes()
+    assert canonical_safetensors(data) == data
+    shuffled = tmp_path / "shuffled.safetensors"
+    save_file(load_file(str(first)), str(shuffled), metadata=read_metadata(first))
+    assert canonical_safetensors(shuffled.read_bytes()) == data
