@@ -66,9 +66,9 @@ def test_eval_on_bundled_sample(capsys, random_weights):
 
 
 def test_eval_without_weights_refuses(capsys):
-    assert main(["eval", "alexnet_cifar10_ter_tsslbp", "--T", "2", "--limit", "2"]) == 2
+    assert main(["eval", "cnn7_cifar10_ter_stbp", "--T", "2", "--limit", "2"]) == 2
     err = capsys.readouterr().err
-    assert "no published weights" in err and "scripts/reproduce.py alexnet_cifar10_ter_tsslbp" in err
+    assert "no published weights" in err and "scripts/reproduce.py cnn7_cifar10_ter_stbp" in err
 
 
 def test_eval_bad_data_dir_exits_2(capsys, tmp_path, random_weights):

@@ -162,7 +162,7 @@ def test_explicit_weights_file_loads_into_the_model(random_weights):
 
 
 def test_unpublished_entry_says_how_to_make_or_supply_its_weights(no_local_weights):
-    name = "alexnet_cifar10_bin_tsslbp"
+    name = "cnn7_cifar10_bin_stbp"
     with pytest.raises(WeightsNotFoundError) as err:
         qsnn_zoo.create_model(name, pretrained=True, T=2)
     message = str(err.value)
