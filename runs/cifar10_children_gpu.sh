@@ -15,18 +15,11 @@ data=$1 out=$2 vgg_parent=$3 alexnet_parent=$4
 common=(--data "$data" --out "$out" --device "$device" --no-progress --resume)
 mkdir -p "$out"
 
-repeat_twice() {
-  for mode in default deterministic; do
-    for rep in 1 2; do
-      flags=(); [ $mode = deterministic ] && flags=(--deterministic)
-      python scripts/quantize_cbp.py vgg16_cifar10_bin_calib --amp --epochs 1 --limit-train 6400 --test-every 0 \
-        --parent-weights "$vgg_parent" --data "$data" --out "$out/repeat_${mode}_$rep" --device "$device" \
-        --no-progress "${flags[@]}"
-    done
-  done
-  sha256sum "$out"/repeat_*/vgg16_cifar10_bin_calib/vgg16_cifar10_bin_calib.safetensors > "$out/repeat_sha256.txt"
-}
-repeat_twice > "$out/repeat.log" 2>&1 &
+short=(vgg16_cifar10_bin_calib --amp --epochs 1 --limit-train 6400 --test-every 0 --parent-weights "$vgg_parent" --device "$device")
+{
+  bash runs/repeat_check.sh "$data" "$out/repeat_default" "${short[@]}"
+  bash runs/repeat_check.sh "$data" "$out/repeat_deterministic" "${short[@]}" --deterministic
+} > "$out/repeat.log" 2>&1 &
 
 for quant in bin ter; do
   python scripts/quantize_cbp.py vgg16_cifar10_${quant}_calib --amp --parent-weights "$vgg_parent" "${common[@]}" \
