@@ -4,8 +4,8 @@
 and dtypes); ``compare_neuron`` runs one pair. ``wake_up`` makes a randomly initialised SNN fire in
 every layer (fresh deep SNNs fall silent after a few layers, which would make a comparison vacuous);
 ``compare_backends`` runs a model with both backends. ``layer_checks`` runs the fused pieces of the
-VGG fast path (IF layer with biases and dropout, 2x2 pooling conv) and the fused CBP penalty
-against their references.
+VGG fast path (IF layer with biases and dropout, 2x2 pooling conv), the fused CBP penalty and the
+one-pass quantizer against their references.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch
 
 from . import cbp
-from .layers import fused, neurons
+from .layers import fused, neurons, quant
 from .layers.neurons import IFNeuron
 from .models._base import SpikingModel
 
@@ -216,6 +216,23 @@ def compare_penalty(device="cpu", n: int = 5000) -> dict:
     return {"value_rel_error": worst_value, "grads_equal": grads_equal, "used_kernel": True}
 
 
+def compare_quantizer(device="cpu", n: int = 5000) -> dict:
+    """``fused.quantize_weight`` against ``quant.quantize`` cast to the output dtype, for both modes
+    and fp32/bf16 outputs, with weights exactly on the tie points (0, +-s/2) mixed in: equal bits."""
+    gen = torch.Generator().manual_seed(6)
+    equal = True
+    for mode in ("bin", "ter"):
+        scale = torch.tensor(0.37, device=device)
+        w = (torch.randn(n, generator=gen) * 0.5).to(device)
+        w[:4] = torch.tensor([0.0, -0.0, 0.185, -0.185])  # 0.185 = s/2 in fp32, exactly
+        for dtype in (torch.float32, torch.bfloat16):
+            fast = fused.quantize_weight(w, scale, mode, dtype)
+            if fast is None:
+                return {"used_kernel": False}
+            equal = equal and fast.dtype == dtype and torch.equal(fast, quant.quantize(w, scale, mode).to(dtype))
+    return {"outputs_equal": equal, "used_kernel": True}
+
+
 # check name -> (the fused piece it checks, the check)
 LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "if_layer": ("if_layer", compare_if_layer),
@@ -224,6 +241,7 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "pool_channels_last": ("pool", compare_pool),
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
     "penalty": ("penalty", compare_penalty),
+    "quantize": ("quantize", compare_quantizer),
 }
 
 
@@ -249,6 +267,8 @@ def layer_check_ok(name: str, r: dict) -> bool:
                 and r["arbitrary_weights_rel_error"] < 1e-6)
     if name == "penalty":
         return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5)
+    if name == "quantize":
+        return not r["used_kernel"] or r["outputs_equal"]
     raise KeyError(f"unknown layer check {name!r}")
 
 

@@ -1,7 +1,7 @@
 """The fused kernels equal their references: identical spikes, gradients within rounding.
 
-Neurons, the VGG layer pieces (IF with biases and in-kernel dropout, 2x2 pooling conv) and the
-CBP penalty.
+Neurons, the VGG layer pieces (IF with biases and in-kernel dropout, 2x2 pooling conv), the
+CBP penalty and the quantizer.
 
 Triton decides at import time whether kernels are compiled or interpreted, so the kernels run in a
 child process with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter); this process only checks the
@@ -46,7 +46,8 @@ def test_kernel_matches_reference(interpreted, case):
     assert result["grad_rel_error"] < GRAD_RTOL["bf16" if case.endswith("bf16") else "fp32"]
 
 
-LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "dropout", "pool_channels_last", "pool_contiguous", "penalty")
+LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "dropout", "pool_channels_last", "pool_contiguous", "penalty",
+                "quantize")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)

@@ -36,7 +36,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LAUNCH = {"enable_fp_fusion": False}
 
 
-PIECES = ("if_layer", "pool", "penalty")
+PIECES = ("if_layer", "pool", "penalty", "quantize")
 DISABLED: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
 
 
@@ -100,7 +100,7 @@ if triton is not None:
 
     @triton.jit
     def _if_forward_kernel(cur_ptr, spk_ptr, pot_ptr, init_ptr, vth_ptr, bias_ptr, vout_ptr, b1_ptr, b2_ptr, N, T,
-                           stride_t, C, ch_stride, seed, p_drop, drop_scale, HAS_INIT: tl.constexpr,
+                           stride_t, C, ch_stride, seed_ptr, p_drop, drop_scale, HAS_INIT: tl.constexpr,
                            NUM_BIAS: tl.constexpr, DROPOUT: tl.constexpr, SAVE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
@@ -118,6 +118,7 @@ if triton is not None:
                 b2 = tl.load(b2_ptr + ch, mask=mask, other=0.0).to(tl.float32)
         if DROPOUT:
             v_drop = v_out.to(tl.float32) * drop_scale
+            seed = tl.load(seed_ptr)
         cur = cur_ptr + offs
         spk = spk_ptr + offs
         pot = pot_ptr + offs
@@ -143,11 +144,13 @@ if triton is not None:
             pot += N
 
     @triton.jit
-    def _if_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, gsum_ptr, vth_ptr, N, T, last, alpha, seed, p_drop,
+    def _if_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, gsum_ptr, vth_ptr, N, T, last, alpha, seed_ptr, p_drop,
                             drop_scale, DROPOUT: tl.constexpr, SUM_T: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         vth = tl.load(vth_ptr)
+        if DROPOUT:
+            seed = tl.load(seed_ptr)
         half_pi_alpha = 1.5707963267948966 * alpha
         gspk = gspk_ptr + last + offs
         pot = pot_ptr + last + offs
@@ -389,6 +392,24 @@ if triton is not None:
         tl.store(gw_ptr + offs, tl.load(gout_ptr) * lam * grad, mask=mask)
 
 
+    # ------------------------------------------------------------------------ quantizer Q(W)
+
+    @triton.jit
+    def _quantize_kernel(w_ptr, scale_ptr, q_ptr, N, TERNARY: tl.constexpr, BLOCK: tl.constexpr):
+        """quant.quantize with its tie rules, written in q's dtype: one pass instead of a compare, two
+        casts and two multiplies per layer and forward, and no separate cast under autocast."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < N
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        s = tl.load(scale_ptr)
+        if TERNARY:
+            half = s / 2
+            q = tl.where(w > half, s, tl.where(w < -half, -s, 0.0))
+        else:
+            q = tl.where(w >= 0, s, -s)
+        tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd wrappers
 # ---------------------------------------------------------------------------------------------
@@ -414,20 +435,22 @@ class _IFFunction(torch.autograd.Function):
         channels, ch_stride = (slab.shape[1], slab.stride(1)) if biases else (1, 1)
         b1, b2 = (biases + [v_th, v_th])[:2]  # unused slots are never read
         drop_scale = 1 / (1 - dropout)
+        if seed is None:  # no dropout: the kernels never read the seed
+            seed = v_th
         _if_forward_kernel[_grid(n)](current, spikes, potential, init, v_th, shift, v_th.to(current.dtype), b1, b2, n,
                                      T, stride_t, channels, ch_stride, seed, dropout, drop_scale,
                                      HAS_INIT=initial_potential is not None, NUM_BIAS=len(biases),
                                      DROPOUT=dropout > 0, SAVE=save, BLOCK=BLOCK, **_LAUNCH)
-        ctx.save_for_backward(potential, v_th)
-        ctx.constants = (float(alpha), float(dropout), drop_scale, int(seed))
+        ctx.save_for_backward(potential, v_th, seed)
+        ctx.constants = (float(alpha), float(dropout), drop_scale)
         ctx.current_dtype = current.dtype
         ctx.bias_dtypes = (None if bias is None else bias.dtype, None if calib_bias is None else calib_bias.dtype)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        potential, v_th = ctx.saved_tensors
-        alpha, dropout, drop_scale, seed = ctx.constants
+        potential, v_th, seed = ctx.saved_tensors
+        alpha, dropout, drop_scale = ctx.constants
         T, n = potential.shape[0], potential[0].numel()
         grad_spikes = _same_layout(grad_spikes, potential)
         grad_current = torch.empty_like(potential, dtype=ctx.current_dtype)
@@ -584,7 +607,7 @@ def if_soft_reset(
         # The kernels give gradients for the current only; a trained threshold or start potential
         # (never the case in the zoo's recipes) keeps the reference's full autograd.
         return neurons.if_soft_reset(current, threshold, shift_per_step, initial_potential, alpha)
-    return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, None, None, 0.0, 0)
+    return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, None, None, 0.0, None)
 
 
 def if_soft_reset_layer(
@@ -602,8 +625,9 @@ def if_soft_reset_layer(
     :func:`.neurons.if_soft_reset`, then dropout with probability ``dropout`` (0: none).
 
     The dropout mask is drawn per element and step, as ``nn.Dropout`` on ``[T, B, ...]`` does, from
-    Triton's counter-based generator seeded from torch's CPU generator, and regenerated in the
-    backward instead of being stored: same distribution as ``nn.Dropout``, different draws.
+    Triton's counter-based generator seeded from torch's generator of the current's device, and
+    regenerated in the backward instead of being stored: same distribution as ``nn.Dropout``,
+    different draws.
     """
     kernel_dropout = 0 <= dropout < 1 and current.shape[0] * current[0].numel() < 2**31  # int32 counters
     trained_state = threshold.requires_grad or (initial_potential is not None and initial_potential.requires_grad)
@@ -613,7 +637,8 @@ def if_soft_reset_layer(
                 current = current + b.view(-1, *[1] * (current.dim() - 3)).to(current.dtype)
         spikes = if_soft_reset(current, threshold, shift_per_step, initial_potential, alpha)
         return torch.nn.functional.dropout(spikes, dropout) if dropout > 0 else spikes
-    seed = int(torch.randint(2**31 - 1, ())) if dropout > 0 else 0
+    # Drawn on the current's device: a captured CUDA graph then draws a new seed at every replay.
+    seed = torch.randint(2**31 - 1, (1,), device=current.device) if dropout > 0 else None
     return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, bias, calib_bias,
                              float(dropout), seed)
 
@@ -658,6 +683,19 @@ def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: to
     if not usable:
         return None
     return _PenaltyFunction.apply(weight, multiplier, scale, mode == "ter", float(u))
+
+
+def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """:func:`.quant.quantize` of ``weight`` written in ``dtype`` by one kernel (no autograd: the
+    caller's straight-through estimator gives the gradient); None where no kernel runs."""
+    usable = piece_enabled("quantize", weight) and weight.dtype == torch.float32 and weight.is_contiguous()
+    if not usable:
+        return None
+    q = torch.empty_like(weight, dtype=dtype)
+    s = scale.detach().to(device=weight.device, dtype=torch.float32).reshape(1)
+    _quantize_kernel[_grid(weight.numel())](weight, s, q, weight.numel(), TERNARY=mode == "ter", BLOCK=BLOCK,
+                                            **_LAUNCH)
+    return q
 
 
 def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float) -> torch.Tensor:

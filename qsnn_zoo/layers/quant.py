@@ -3,10 +3,15 @@
 The forward pass uses Q(W) = scale * code, code in {-1, +1} (binary) or {-1, 0, +1} (ternary);
 the backward pass is the straight-through identity dL/dW := dL/dQ(W). The scale is a buffer:
 stored with the model, never trained.
+
+Q(W) is made in the dtype the conv or linear will compute in (bf16 under autocast), by one fused
+kernel on the GPU (:func:`.fused.quantize_weight`) and by :func:`quantize` elsewhere. Without
+autograd (inference) a layer keeps its Q(W) until its weights or scale change in place or are
+replaced, so evaluation does not rebuild it on every batch.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +43,37 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Tens
     return weight_codes(weight, scale, mode).to(weight.dtype) * scale.to(weight.dtype)
 
 
-def quantize_ste(weight: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Tensor:
-    """Q(W) forward, identity backward."""
-    return weight + (quantize(weight, scale, mode) - weight).detach()
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype a conv or linear on ``weight``'s device computes in: autocast's, else the weight's."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def quantize_as(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`quantize` written in ``dtype``: one kernel pass on the GPU, the reference elsewhere."""
+    from . import fused  # imported on use: only the GPU path needs Triton
+
+    q = fused.quantize_weight(weight, scale, mode, dtype)
+    return quantize(weight, scale, mode).to(dtype) if q is None else q
+
+
+class _QuantizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, scale, mode, dtype):
+        ctx.weight_dtype = weight.dtype
+        return quantize_as(weight.detach(), scale, mode, dtype)
+
+    @staticmethod
+    def backward(ctx, grad_q):
+        return grad_q.to(ctx.weight_dtype), None, None, None
+
+
+def quantize_ste(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Q(W) in ``dtype`` (default: the weight's) forward, identity backward (SPEC B.2)."""
+    _check_mode(mode)
+    return _QuantizeSTE.apply(weight, scale, mode, weight.dtype if dtype is None else dtype)
 
 
 class _QuantMixin:
@@ -54,6 +87,7 @@ class _QuantMixin:
         _check_mode(quant)
         self.quant = quant
         self.register_buffer("scale", torch.ones(()))
+        self._inference_cache: Optional[Tuple[tuple, torch.Tensor]] = None
         self.init_scale_()
 
     @torch.no_grad()
@@ -62,7 +96,18 @@ class _QuantMixin:
         self.scale.copy_(self.weight.detach().abs().mean())
 
     def quantized_weight(self) -> torch.Tensor:
-        return quantize_ste(self.weight, self.scale, self.quant)
+        """Q(W) in the compute dtype: differentiable (STE) under autograd, cached without it."""
+        dtype = compute_dtype(self.weight)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return quantize_ste(self.weight, self.scale, self.quant, dtype)
+        # In-place updates (optimizer steps, clamps, load_state_dict) bump a tensor's version, and a
+        # replaced tensor has another address, so the key changes whenever Q(W) would.
+        w, s = self.weight, self.scale
+        key = (w.device, w.data_ptr(), w._version, s.data_ptr(), s._version, dtype, tuple(w.shape))
+        cache = self._inference_cache
+        if cache is None or cache[0] != key:
+            cache = self._inference_cache = (key, quantize_as(w.detach(), s, self.quant, dtype))
+        return cache[1]
 
     def codes(self) -> torch.Tensor:
         return weight_codes(self.weight.detach(), self.scale, self.quant)

@@ -75,6 +75,7 @@ class RunOptions:
     parent_weights: str = ""  # fp32 weights to start CBP from; default: the parent's run, else the hub
     progress: bool = True
     deterministic: bool = False  # deterministic cuDNN/cuBLAS algorithms, for bit-identical repeats on one GPU
+    cuda_graph: bool = False  # replay the training step from a CUDA graph (one GPU)
 
 
 def _stbp_fp32() -> Recipe:
@@ -209,6 +210,8 @@ RUN_HELP = {
     "parent_weights": "fp32 weights file to quantize (default: OUT/PARENT/PARENT.safetensors, else the hub)",
     "progress": "progress bars",
     "deterministic": "deterministic GPU algorithms (slower): the same command then gives the same weights file",
+    "cuda_graph": "replay each training step from a CUDA graph: same computation, no kernel-launch gaps "
+    "(CUDA, one process; data-parallel runs step eagerly)",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 import torch
@@ -51,7 +51,10 @@ class StepRule:
 def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    # Casts cached by autocast would outlive a CUDA graph capture; the quantized layers make their
+    # Q(W) in bf16 themselves, so the cache saves little anyway.
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not capturing)
 
 
 def _clip(model: nn.Module, rule: StepRule) -> None:
@@ -112,16 +115,24 @@ def train_epoch(
     cbp: Optional[CBP] = None,
     progress: bool = False,
     desc: str = "train",
+    step: Optional[Callable[[torch.Tensor, torch.Tensor], tuple]] = None,
 ) -> Dict[str, float]:
     """One pass over ``loader``. ``lagsum`` is the sum over minibatches of the Lagrangian (SPEC B.5),
-    averaged over data-parallel ranks so that every rank takes the same g decision."""
+    averaged over data-parallel ranks so that every rank takes the same g decision.
+
+    ``step(images, labels)`` runs one training step (default: :func:`train_step` with these
+    arguments; :class:`~qsnn_zoo.train.graph.GraphedTrainStep` replays it from a CUDA graph)."""
     from tqdm.auto import tqdm
+
+    if step is None:
+        def step(images, labels):
+            return train_step(forward, model, images, labels, optimizer, rule, cbp)
 
     forward.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # lagsum, loss sum, correct
     steps = images_seen = 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and info.is_main)):
-        lagrangian, loss, correct = train_step(forward, model, images, labels, optimizer, rule, cbp)
+        lagrangian, loss, correct = step(images, labels)
         sums += torch.stack([lagrangian.double(), loss.double(), correct.double()])
         steps += 1
         images_seen += len(labels)

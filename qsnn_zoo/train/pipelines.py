@@ -41,6 +41,7 @@ from .checkpoint import (
 from .config import Recipe, RunOptions
 from .data import Augment, DeviceLoader, holdout_split
 from .distributed import DistInfo
+from .graph import GraphedTrainStep
 from .losses import is_summed
 from .loop import StepRule, TrainForward, evaluate, train_epoch
 from .metrics_log import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
@@ -219,6 +220,11 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         weight_clamp=recipe.weight_clamp, amp=opts.amp,
         loss_scale=float(info.world_size) if is_summed(recipe.loss) else 1.0,
     )
+    step = None
+    if opts.cuda_graph and run.device.type == "cuda" and info.world_size == 1:
+        step = GraphedTrainStep(forward, model, optimizer, rule, cbp)
+    elif opts.cuda_graph:
+        run.log("--cuda-graph needs one CUDA process: this run steps eagerly")
     log = MetricsLog(run.stage_dir / METRICS_NAME, start_epoch) if info.is_main else None
     last_epoch = recipe.epochs if not opts.stop_after_epoch else min(recipe.epochs, opts.stop_after_epoch)
     for epoch in range(start_epoch, last_epoch):
@@ -226,7 +232,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         loader.set_epoch(epoch)
         record: Dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         record.update(train_epoch(forward, model, loader, optimizer, rule, info, run.device, cbp,
-                                  progress=opts.progress, desc=f"{run.name} {epoch + 1}/{recipe.epochs}"))
+                                  progress=opts.progress, desc=f"{run.name} {epoch + 1}/{recipe.epochs}", step=step))
         if cbp is not None:
             record["g_advanced"] = cbp.end_epoch(record["lagsum"])
             record.update(cbp.stats())
