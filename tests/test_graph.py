@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from qsnn_zoo.cbp import CBP
-from qsnn_zoo.layers.quant import QuantLinear
+from qsnn_zoo.layers.quant import QuantLinear, quantize
 from qsnn_zoo.train.graph import GraphedTrainStep
 from qsnn_zoo.train.loop import StepRule, train_step
 
@@ -117,3 +117,26 @@ def test_adam_groups_are_made_capturable():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     GraphedTrainStep(model, model, optimizer, StepRule(loss="ce"), capture=stand_in_capture)
     assert all(group["capturable"] for group in optimizer.param_groups)
+
+
+def test_inference_after_replays_sees_the_new_weights():
+    """A replay updates the weights without autograd seeing it (no version bump of its own); the
+    quantized layers' inference Q(W), keyed on versions, must still follow (a stale Q(W) made the
+    test accuracy logged during a --cuda-graph run that of the first epoch's weights)."""
+    model, optimizer, cbp = make()
+
+    def behind_autograds_back(fn):
+        def replay():  # what a CUDA graph does: new values in the same memory, versions untouched
+            for p in model.parameters():
+                p.data.mul_(-1.0)
+        return replay, (torch.zeros(()), torch.zeros(()), torch.zeros((), dtype=torch.long))
+
+    step = GraphedTrainStep(model, model, optimizer, StepRule(loss="ce"), cbp, warmup_steps=0,
+                            capture=behind_autograds_back, warm_up=lambda fn: fn())
+    images, labels = batches()[0]
+    with torch.no_grad():
+        before = model.q.quantized_weight().clone()
+    step(images, labels)
+    with torch.no_grad():
+        assert torch.equal(model.q.quantized_weight(), quantize(model.q.weight, model.q.scale, "ter"))
+        assert torch.equal(model.q.quantized_weight(), -before)

@@ -13,7 +13,10 @@ at g = 20, schedulers change them each epoch); CBP's window u = 1 - 1/g (handed 
 kernel). A batch of another shape, such as the last partial batch of an epoch, runs eagerly.
 The multipliers, weights and optimizer state are updated in place, so a replay sees their
 current values. Random draws (the VGG dropout seed) come from the device generator, which a
-replay advances as an eager step would.
+replay advances as an eager step would. A replay writes memory behind autograd's back, so the
+step bumps the version counter of every parameter and buffer of the model after it, as an eager
+in-place update would: what is keyed on versions (the quantized layers' inference Q(W)) then
+sees the new weights.
 
 The outputs of a replay, ``(lagrangian, loss, correct)``, live in the graph's memory and are
 overwritten by the next replay: read or accumulate them before the next step, as
@@ -25,6 +28,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from ..cbp import CBP
 from .loop import StepRule, train_step
@@ -115,6 +119,8 @@ class GraphedTrainStep:
 
     def _run_replay(self) -> StepOutputs:
         self._replay()
+        for tensor in (*self.model.parameters(), *self.model.buffers()):
+            increment_version(tensor)
         self.replays += 1
         return self._outputs
 
