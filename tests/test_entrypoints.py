@@ -23,7 +23,7 @@ from qsnn_zoo.hub import HashMismatchError, WeightsNotFoundError, resolve_weight
 from qsnn_zoo.weights import export_state, save_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NAME = "vgg16_cifar10_bin_calib"  # the smallest quantized file (about 2 MB)
+NAME = "vgg16_cifar100_bin_calib"  # an unpublished entry with a small quantized file (about 2 MB)
 HUB_REPO = "qsnn-zoo/qsnn-zoo:main"  # torch.hub keeps a GitHub repo's copy as <hub dir>/qsnn-zoo_qsnn-zoo_main
 
 
@@ -203,5 +203,5 @@ def test_bad_names_and_arguments_are_explained():
         qsnn_zoo.create_model("vgg16_cifar10_bin_calibb")
     with pytest.raises(TypeError, match=r"does not take \['depth'\]; it takes \[.*'T'"):
         qsnn_zoo.create_model(NAME, depth=19)
-    with pytest.raises(ValueError, match="has 10 classes; pretrained weights cannot be loaded with num_classes=100"):
-        qsnn_zoo.create_model(NAME, pretrained=True, num_classes=100)
+    with pytest.raises(ValueError, match="has 100 classes; pretrained weights cannot be loaded with num_classes=10"):
+        qsnn_zoo.create_model(NAME, pretrained=True, num_classes=10)

@@ -125,7 +125,7 @@ def test_the_contract_check_catches_broken_records():
     assert contract_violations(dataclasses.replace(entry, weights=good_weights, metrics=(good_metric,))) == []
     broken = {
         "unpinned revision": dict(weights=dataclasses.replace(good_weights, revision="main"), metrics=(good_metric,)),
-        "weights without metrics": dict(weights=good_weights),
+        "weights without metrics": dict(weights=good_weights, metrics=()),
         "short hash": dict(weights=dataclasses.replace(good_weights, sha256="abc"), metrics=(good_metric,)),
         "metric without source": dict(metrics=(dataclasses.replace(good_metric, source="nowhere.py"),)),
         "name and fields disagree": dict(dataset="cifar100", num_classes=100),
