@@ -100,7 +100,8 @@ def compare_neuron(reference: Callable, fast: Callable, make_current: Callable[[
     }
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
@@ -129,7 +130,7 @@ def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels
         "outputs_equal": torch.equal(out, ref),
         "inference_equal": torch.equal(inference, ref),
         "active_fraction": float((ref != 0).float().mean()),
-        "grad_rel_error": max(_rel(leaves[0].grad, leaves[1].grad), _rel(biases[0].grad, biases[1].grad)),
+        "grad_rel_error": max(relative_error(leaves[0].grad, leaves[1].grad), relative_error(biases[0].grad, biases[1].grad)),
         "used_kernel": fused.triton_enabled(base),
     }
 
@@ -164,7 +165,7 @@ def dropout_statistics(device="cpu", p: float = 0.25, T: int = 4, step_shape=(8,
         "expected_value": float(th / (1 - p)),
         "fresh_mask_per_call": not torch.equal(keep, layer(always, 8) != 0),
         "outputs_equal_given_mask": torch.equal(out, ref),
-        "grad_rel_error_given_mask": _rel(current.grad, reference_current.grad),
+        "grad_rel_error_given_mask": relative_error(current.grad, reference_current.grad),
         "p0_equals_no_dropout": torch.equal(layer(current.detach(), 9, 0.0), neurons.if_soft_reset(current.detach(), th, 0.5 / T, None, 2.0)),
         "used_kernel": fused.triton_enabled(always),
     }
@@ -189,8 +190,8 @@ def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True) 
     return {
         "outputs_equal": torch.equal(out, ref),
         "layout_kept": out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format),
-        "grad_rel_error": _rel(leaves[0].grad, leaves[1].grad),
-        "arbitrary_weights_rel_error": _rel(fused.avg_pool_conv(x, arbitrary), F.conv2d(x, arbitrary, stride=2, groups=channels)),
+        "grad_rel_error": relative_error(leaves[0].grad, leaves[1].grad),
+        "arbitrary_weights_rel_error": relative_error(fused.avg_pool_conv(x, arbitrary), F.conv2d(x, arbitrary, stride=2, groups=channels)),
         "used_kernel": fused.triton_enabled(x),
     }
 

@@ -40,7 +40,9 @@ from qsnn_zoo.cbp import CBP
 from qsnn_zoo.data import load_sample, to_tensor
 from qsnn_zoo.layers import fused
 from qsnn_zoo.layers.neurons import SpikingNeuron
-from qsnn_zoo.testing import LAYER_CHECKS, compare_backends, compare_neuron, layer_check_ok, neuron_cases, wake_up
+from qsnn_zoo.testing import (
+    LAYER_CHECKS, compare_backends, compare_neuron, layer_check_ok, neuron_cases, relative_error, wake_up,
+)
 from qsnn_zoo.train.config import recipe_for, stages_for
 from qsnn_zoo.train.graph import WARMUP_STEPS, GraphedTrainStep
 from qsnn_zoo.train.loop import StepRule, TrainForward, train_step
@@ -255,7 +257,7 @@ def check_graph_step(name: str, device: torch.device, T: int, batch: int, steps:
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
     (eager_losses, eager_w), (graph_losses, graph_w) = runs["fast"], runs["fast_graph"]
-    weight_error = max(_relative(g, e) for g, e in zip(graph_w, eager_w))
+    weight_error = max(relative_error(g, e) for g, e in zip(graph_w, eager_w))
     return {
         "steps": steps,
         "losses_eager": eager_losses,
@@ -264,10 +266,6 @@ def check_graph_step(name: str, device: torch.device, T: int, batch: int, steps:
         "max_weight_rel_error": weight_error,
         "ok": weight_error < 1e-5 and all(abs(a - b) <= 1e-5 * max(abs(b), 1e-12) for a, b in zip(graph_losses, eager_losses)),
     }
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 def make_inference(model: nn.Module, variant: str, device: torch.device, batch: int):
