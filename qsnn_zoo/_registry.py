@@ -66,6 +66,18 @@ class WeightsFile:
 
 
 @dataclass(frozen=True)
+class MadeFile:
+    """The file a recipe's run made, on which the entry's metrics were measured, when it is not
+    published (an fp32 parent too large to commit): the registry states its sha256 and size so that
+    whoever reruns the recipe can check the file they make against it."""
+
+    sha256: str  # of the file with its header in sorted key order, as save_weights writes it
+    size: int  # bytes
+    dtype: str  # float dtype of its tensors: "float32" | "float16"
+    reason: str  # why it is not committed
+
+
+@dataclass(frozen=True)
 class Metric:
     """A measured number and exactly what it was measured on."""
 
@@ -92,6 +104,7 @@ class ModelEntry:
     std: Tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
     parent: Optional[str] = None
     weights: Optional[WeightsFile] = None
+    made_file: Optional[MadeFile] = None  # only without weights: the measured file, not shipped
     metrics: Tuple[Metric, ...] = ()
     paper_claim: str = ""
     recipe: str = ""
@@ -137,9 +150,12 @@ def _published() -> Dict[str, Any]:
 
 
 def _with_published(entry: ModelEntry, record: Mapping[str, Any]) -> ModelEntry:
+    """``entry`` with its published record; a record's "weights" is null when only its made file is known."""
+    weights, made_file = record["weights"], record.get("made_file")
     return replace(
         entry,
-        weights=WeightsFile(**record["weights"]),
+        weights=None if weights is None else WeightsFile(**weights),
+        made_file=None if made_file is None else MadeFile(**made_file),
         metrics=tuple(Metric(**m) for m in record.get("metrics", ())),
         recipe=record.get("recipe", entry.recipe),
         training_notes=tuple(record.get("training_notes", ())),

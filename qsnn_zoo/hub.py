@@ -161,8 +161,10 @@ def resolve_weights(
     for path in _local_candidates(entry):
         return _verify(entry, path) if _is_published_file(entry, path) else path
     if entry.weights is None:
+        missing = (f"the weights file of {entry.name} is not committed ({entry.made_file.reason})" if entry.made_file
+                   else f"{entry.name} has no published weights yet")
         raise WeightsNotFoundError(
-            f"{entry.name} has no published weights yet. Make them with `{entry.recipe}`, then pass "
+            f"{missing}. Make them with `{entry.recipe}`, then pass "
             f"weights=PATH, or put {weights_filename(entry)} in ${ENV_WEIGHTS_DIR} or checkpoints/."
         )
     return _download(entry, cache_dir)

@@ -9,19 +9,29 @@ qsnn_zoo/published.json. Regenerate the cards afterwards with scripts/make_cards
 the lossless rows and on all rows become the entry's top-1 metrics. --extra-metric NAME=FILE adds
 the accuracy in a `scripts/evaluate.py --json` or `qsnn-zoo eval --json` result under another
 metric name (e.g. top1_ann for the ANN form, top1_fp32_weights before a float16 re-save).
+
+--not-committed REASON publishes an entry whose file is too large to commit (an fp32 parent even in
+float16 over 50 MB): the file named by --weights is checked and hashed but not copied, the record's
+"weights" is null and its "made_file" holds the sha256, size and float dtype of the file with the
+reason, so the card can say how to make it and anyone who makes it can check theirs.
+
+    python scripts/publish.py cnn7_cifar10_fp32_stbp --weights W.safetensors --eval eval.json \\
+        --run-dir OUT/cnn7_cifar10_fp32_stbp --recipe "..." --not-committed "over 50 MB even in float16 (124 MB)"
 """
 import argparse
+import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from qsnn_zoo import get_entry  # noqa: E402
 from qsnn_zoo._registry import PUBLISHED_FILE  # noqa: E402
-from qsnn_zoo.hub import REPO_CHECKPOINTS, sha256_of  # noqa: E402
+from qsnn_zoo.hub import REPO_CHECKPOINTS  # noqa: E402
 from qsnn_zoo.metrics import metric_records  # noqa: E402
 from qsnn_zoo.weights import atomic_write, canonical_safetensors, read_metadata  # noqa: E402
 
@@ -59,7 +69,25 @@ def extra_metrics(specs, dataset: str, dest: Path):
     return records
 
 
-def main() -> None:
+def file_records(entry, data: bytes, float_dtype: str, not_committed: Optional[str], hf_repo: Optional[str]) -> dict:
+    """The record's "weights" (the file, committed to checkpoints/) or, when ``not_committed`` gives
+    the reason, a null "weights" and the "made_file" that the run made; both describe ``data``."""
+    identity = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    if not_committed:
+        return {"weights": None, "made_file": {**identity, "dtype": float_dtype, "reason": not_committed}}
+    target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+    return {
+        "weights": {
+            "filename": target.name,
+            **identity,
+            "hf_repo": hf_repo or f"qsnn-zoo/{entry.name}",
+            "revision": None,  # not uploaded to the Hub from here; the file ships in checkpoints/
+        }
+    }
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("--weights", required=True, help="the zoo-format file to publish")
@@ -69,13 +97,16 @@ def main() -> None:
     parser.add_argument("--extra-metric", action="append", default=[], help="METRIC=JSON of evaluate.py or qsnn-zoo eval")
     parser.add_argument("--hf-repo", help="Hub repository id (default: qsnn-zoo/NAME)")
     parser.add_argument("--note", action="append", default=[], help="how the run departs from SPEC's recipe (repeatable)")
-    args = parser.parse_args()
+    parser.add_argument("--not-committed", metavar="REASON", help="record the file's sha256 and size but leave it out of checkpoints/")
+    args = parser.parse_args(argv)
+    if args.not_committed and args.hf_repo:
+        parser.error("--hf-repo names where a committed file is uploaded; a --not-committed file has none")
 
     entry = get_entry(args.name)
     weights = Path(args.weights)
-    stored = read_metadata(weights)["model_name"]
-    if stored != entry.name:
-        parser.error(f"{weights} holds {stored}, not {entry.name}")
+    metadata = read_metadata(weights)
+    if metadata["model_name"] != entry.name:
+        parser.error(f"{weights} holds {metadata['model_name']}, not {entry.name}")
     dest = REPO_ROOT / "runs" / entry.name
     dest.mkdir(parents=True, exist_ok=True)
     if args.run_dir:
@@ -88,26 +119,20 @@ def main() -> None:
     metrics = metric_records(evaluation["accuracy"], entry.dataset, str(eval_copy.relative_to(REPO_ROOT)))
     metrics += extra_metrics(args.extra_metric, entry.dataset, dest)
 
-    target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
     # Files written before save_weights sorted its header differ from a rerun's only in header order.
     published_bytes = canonical_safetensors(weights.read_bytes())
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(published_bytes))
+    files = file_records(entry, published_bytes, metadata["float_dtype"], args.not_committed, args.hf_repo)
     published = json.loads(PUBLISHED_FILE.read_text()) if PUBLISHED_FILE.exists() else {}
     published[entry.name] = {
-        "weights": {
-            "filename": target.name,
-            "sha256": sha256_of(target),
-            "size": target.stat().st_size,
-            "hf_repo": args.hf_repo or f"qsnn-zoo/{entry.name}",
-            "revision": None,  # not uploaded to the Hub from here; the file ships in checkpoints/
-        },
+        **files,
         "metrics": metrics,
         "recipe": args.recipe,
         "training_notes": args.note,
     }
     text = json.dumps(published, indent=2, sort_keys=True) + "\n"
     atomic_write(PUBLISHED_FILE, lambda tmp: Path(tmp).write_text(text))
-    print(f"published {entry.name}: {target} ({target.stat().st_size} bytes), {len(metrics)} metrics")
+    where = "not committed" if args.not_committed else f"checkpoints/{files['weights']['filename']}"
+    print(f"published {entry.name}: {where} ({len(published_bytes)} bytes), {len(metrics)} metrics")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,17 @@ def test_unpublished_entry_says_how_to_make_or_supply_its_weights(no_local_weigh
     assert "weights=PATH" in message and f"{name}.safetensors" in message and "QSNN_ZOO_WEIGHTS" in message
 
 
+def test_an_entry_whose_measured_file_is_not_committed_says_why_pretrained_fails(monkeypatch, no_local_weights):
+    name = "cnn7_cifar10_fp32_stbp"
+    made = _registry.MadeFile("7" * 64, 248_440_872, "float32", "248 MB, over 50 MB per file")
+    monkeypatch.setitem(_registry._ENTRIES, name, dataclasses.replace(_registry.get_entry(name), made_file=made))
+    with pytest.raises(WeightsNotFoundError) as err:
+        qsnn_zoo.create_model(name, pretrained=True, T=2)
+    message = str(err.value)
+    assert f"the weights file of {name} is not committed ({made.reason})" in message
+    assert f"python scripts/reproduce.py {name}" in message and "weights=PATH" in message
+
+
 def test_a_local_file_with_other_bytes_than_the_published_ones(monkeypatch, no_local_weights, random_weights):
     _, weights_file = random_weights
     entry = published(monkeypatch, NAME, b"the published bytes")

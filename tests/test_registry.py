@@ -17,6 +17,7 @@ from qsnn_zoo._registry import (
     DATASETS,
     METHODS,
     WEIGHT_KINDS,
+    MadeFile,
     Metric,
     ModelEntry,
     UnknownModelError,
@@ -94,6 +95,16 @@ def contract_violations(entry: ModelEntry) -> List[str]:
             problems.append(f"weights not on the Hub must ship in checkpoints/, {w.filename} is not there")
         if not entry.metrics:
             problems.append("published weights come with measured metrics")
+    made = entry.made_file
+    if made is not None:
+        if w is not None:
+            problems.append("an entry has either committed weights or a made file that is not committed, not both")
+        if not (HEX64.fullmatch(made.sha256) and made.size > 0 and made.dtype in ("float32", "float16") and made.reason):
+            problems.append(f"made file record {made}")
+        if (REPO_ROOT / "checkpoints" / f"{entry.name}.safetensors").is_file():
+            problems.append("a file that is not committed must not be in checkpoints/ either (it would load unchecked)")
+        if not entry.metrics:
+            problems.append("a made file is recorded for its measured metrics")
     for m in entry.metrics:
         if not (0 <= m.value <= 100 and m.name and m.data and m.rows > 0 and (REPO_ROOT / m.source).is_file()):
             problems.append(f"metric {m} must say what it measured, on how many rows, by which repository file")
@@ -122,7 +133,10 @@ def test_the_contract_check_catches_broken_records():
     entry = get_entry("vgg16_cifar10_bin_calib")
     good_weights = WeightsFile(f"{entry.name}.safetensors", "a" * 64, 1_900_000, "qsnn-zoo/weights", "b" * 40)
     good_metric = Metric("top1", 90.0, "cifar10-offline test, lossless rows (1017)", 1017, "tests/test_registry.py")
+    good_made = MadeFile("e" * 64, 248_000_000, "float32", "over 50 MB")
     assert contract_violations(dataclasses.replace(entry, weights=good_weights, metrics=(good_metric,))) == []
+    assert contract_violations(dataclasses.replace(get_entry("cnn7_cifar10_fp32_stbp"), made_file=good_made,
+                                                   metrics=(good_metric,))) == []
     broken = {
         "unpinned revision": dict(weights=dataclasses.replace(good_weights, revision="main"), metrics=(good_metric,)),
         "weights without metrics": dict(weights=good_weights, metrics=()),
@@ -132,6 +146,10 @@ def test_the_contract_check_catches_broken_records():
         "missing parent": dict(parent="vgg16_cifar10_fp32_stbp"),
         "T disagrees with arch_kwargs": dict(T=16),
         "recipe of another entry": dict(recipe="python scripts/reproduce.py vgg16_cifar10_ter_calib"),
+        "made file without metrics": dict(made_file=good_made),
+        "made file beside weights": dict(weights=good_weights, made_file=good_made, metrics=(good_metric,)),
+        "made file without reason": dict(made_file=dataclasses.replace(good_made, reason=""), metrics=(good_metric,)),
+        "made file of another dtype": dict(made_file=dataclasses.replace(good_made, dtype="bf16"), metrics=(good_metric,)),
     }
     for what, changes in broken.items():
         assert contract_violations(dataclasses.replace(entry, **changes)), what
@@ -216,3 +234,20 @@ def test_published_records_fill_weights_metrics_and_recipe():
     assert merged.weights == WeightsFile(**record["weights"])
     assert merged.metrics == (Metric(**record["metrics"][0]),)
     assert merged.recipe == record["recipe"] and merged.neuron == entry.neuron
+
+
+def test_a_record_without_committed_weights_keeps_its_made_file_and_is_not_pretrained(monkeypatch):
+    name = "cnn7_cifar10_fp32_stbp"
+    record = {
+        "weights": None,
+        "made_file": {"sha256": "f" * 64, "size": 248_440_000, "dtype": "float32", "reason": "over 50 MB"},
+        "metrics": [{"name": "top1", "value": 88.0, "data": "cifar10 test, all rows", "rows": 10000, "source": "x.json"}],
+        "recipe": f"python scripts/train_fp32.py {name} --epochs 30",
+    }
+    merged = _registry._with_published(get_entry(name), record)
+    assert merged.weights is None and not merged.has_weights
+    assert merged.made_file == MadeFile("f" * 64, 248_440_000, "float32", "over 50 MB")
+    assert merged.metrics == (Metric(**record["metrics"][0]),) and merged.recipe == record["recipe"]
+    assert json.loads(merged.to_json())["made_file"] == record["made_file"]
+    monkeypatch.setitem(_registry._ENTRIES, name, merged)
+    assert name in list_models() and name not in list_models(pretrained=True)
