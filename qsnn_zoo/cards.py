@@ -36,6 +36,9 @@ METRIC_MEANINGS = {
     "top1_cpu": "top-1 of the published model recomputed on the CPU (reference backend); CPU and GPU convolutions "
     "round differently, which can flip a few spikes over T steps",
 }
+# An entry whose measured file is not committed has no `pretrained=True` model for "top1" to be of.
+MADE_FILE_TOP1 = ("top-1 of the file the recipe made (the sha256 above), loaded with `create_model(..., weights=PATH)` "
+                  "(the SNN, at the entry's T)")
 NEURON_NAMES = {"if": "integrate-and-fire (IF)", "lif": "leaky integrate-and-fire (LIF)", "tssl": "TSSL-BP spike-response neuron"}
 
 
@@ -51,6 +54,16 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 
 def _bits(entry: ModelEntry) -> str:
     return {None: "32", "bin": "1", "ter": "1.6"}[entry.quant.mode]
+
+
+def _bytes(size: int) -> str:
+    return f"{size:,} bytes = {size / MB:.2f} MB"
+
+
+def _make_command(entry: ModelEntry) -> str:
+    """The recipe that made the entry's measured file, and SPEC's full one when that differs."""
+    full = default_recipe(entry.name)
+    return f"`{full}`" if entry.recipe == full else f"`{entry.recipe}` (`{full}` runs SPEC's full recipe)"
 
 
 def _training_plots(entry: ModelEntry) -> List[Path]:
@@ -109,7 +122,15 @@ def overview(entry: ModelEntry) -> str:
     ]
     if entry.parent:
         lines.append(f"- Quantized from the fp32 parent [{entry.parent}]({entry.parent}.md) with CBP (constrained backpropagation).")
-    if entry.weights is None:
+    if entry.made_file:
+        made = entry.made_file
+        lines.append(
+            f"- **The weights file is not committed**: {made.reason}. The results below were measured on the "
+            f"{made.dtype} file that the recipe made: {made.size:,} bytes, sha256 `{made.sha256}`. Make it with "
+            f"{_make_command(entry)}, then load it with `create_model(\"{entry.name}\", weights=PATH)`; a file "
+            f"with that sha256 is the one measured here."
+        )
+    elif entry.weights is None:
         lines.append(
             f"- **No published weights yet.** Make them with `{entry.recipe}`, then load them with "
             f"`create_model(\"{entry.name}\", weights=PATH)`."
@@ -178,7 +199,9 @@ def memory(entry: ModelEntry) -> str:
         lines.append(f"- With ternary weights at 2 bits each (SPEC A's table): {m['weight_mb_2bit_ternary']:.2f} MB.")
     lines.append(f"- With biases and per-layer scales: {m['total_bytes']:,.0f} bytes = {m['total_mb']:.2f} MB.")
     if entry.weights is not None:
-        lines.append(f"- Weights file on disk: {entry.weights.size:,} bytes = {entry.weights.size / MB:.2f} MB.")
+        lines.append(f"- Weights file on disk: {_bytes(entry.weights.size)}.")
+    elif entry.made_file:
+        lines.append(f"- Weights file the recipe made ({entry.made_file.dtype}, not committed): {_bytes(entry.made_file.size)}.")
     return "\n".join(lines)
 
 
@@ -201,13 +224,18 @@ model = timm.create_model("{name}", pretrained=True)
     cli = f"qsnn-zoo eval {name}" + ("" if entry.dataset == "cifar10" else " --data DIR") + f"\nqsnn-zoo predict {name} image.png"
     lines = ["## Use it", ""]
     if entry.weights is None:
+        missing = "this entry's file is not committed: make it" if entry.made_file else "this entry has none yet: make them"
         lines += [
-            f"`pretrained=True` needs published weights, and this entry has none yet: make them with "
+            f"`pretrained=True` needs published weights, and {missing} with "
             f"`python scripts/reproduce.py {name}` and pass `weights=PATH` instead (CLI: `--weights PATH`).",
             "",
         ]
     lines += [_fence("python", python), "", _fence("python", hub), "", _fence("python", timm), "", _fence("bash", cli)]
     return "\n".join(lines)
+
+
+def _metric_meaning(entry: ModelEntry, name: str) -> str:
+    return MADE_FILE_TOP1 if entry.made_file and name == "top1" else METRIC_MEANINGS.get(name, name)
 
 
 def results(entry: ModelEntry) -> str:
@@ -216,7 +244,7 @@ def results(entry: ModelEntry) -> str:
         rows = [[m.name, f"{m.value:.2f} %", m.data, str(m.rows), f"`{m.source}`"] for m in entry.metrics]
         lines += [_table(["metric", "value", "measured on", "images", "produced by"], rows), ""]
         names = dict.fromkeys(m.name for m in entry.metrics)
-        lines += [f"- `{name}`: {METRIC_MEANINGS.get(name, name)}" for name in names] + [""]
+        lines += [f"- `{name}`: {_metric_meaning(entry, name)}" for name in names] + [""]
     else:
         lines += ["No measured results yet" + (": there are no published weights." if entry.weights is None else "."), ""]
     lines.append(f"Paper claim: {entry.paper_claim}")
@@ -251,7 +279,8 @@ def reproduce(entry: ModelEntry) -> str:
     if entry.recipe == full:
         lines = ["## Reproduce", "", _fence("bash", entry.recipe), ""]
     else:
-        lines = ["## Reproduce", "", "The published weights were made with:", "", _fence("bash", entry.recipe), ""]
+        made = "The measured file (not committed) was made with:" if entry.made_file else "The published weights were made with:"
+        lines = ["## Reproduce", "", made, "", _fence("bash", entry.recipe), ""]
         lines += [f"- {note}" for note in entry.training_notes]
         lines += ["", "SPEC.md's full recipe (the paper's schedule):", "", _fence("bash", full), ""]
     if entry.parent:
@@ -330,7 +359,7 @@ def zoo_table() -> str:
             f"[{e.name}]({CARDS_DIR}/{e.name}.md)",
             str(e.T),
             _bits(e),
-            f"{size:.2f} MB",
+            f"{size:.2f} MB" + (" (not committed)" if e.made_file else ""),
             _percent(measured_top1(e, "lossless")),
             _percent(measured_top1(e, "all")),
             e.paper_claim,

@@ -3,9 +3,9 @@ import dataclasses
 import yaml
 from huggingface_hub import ModelCard
 
-from qsnn_zoo import get_entry
-from qsnn_zoo._registry import Metric, WeightsFile
-from qsnn_zoo.cards import REPO_ROOT, SECTIONS, render_card, stale_files
+from qsnn_zoo import _registry, get_entry
+from qsnn_zoo._registry import MadeFile, Metric, WeightsFile
+from qsnn_zoo.cards import REPO_ROOT, SECTIONS, render_card, stale_files, zoo_table
 
 
 def test_cards_and_readme_table_are_up_to_date():
@@ -60,3 +60,36 @@ def test_quantized_card_compares_with_its_parent_on_the_same_rows():
     assert f"| all 10,000 rows | {parent_all:.2f} % | 80.00 % | {80.0 - parent_all:+.2f} |" in card
     assert "1,017 lossless rows |" not in card  # no child value on those rows: no row
     assert "## Against its fp32 parent" not in render_card(get_entry(entry.parent))
+
+
+def _not_committed(name: str) -> _registry.ModelEntry:
+    """``name`` published as an fp32 parent too large to commit: measured, its file only described."""
+    return dataclasses.replace(
+        get_entry(name),
+        made_file=MadeFile("7" * 64, 248_440_872, "float32", "248 MB, over the repository's 50 MB per file"),
+        metrics=(Metric("top1", 89.5, "cifar10 test, lossless rows", 1017, "runs/x/eval.json"),
+                 Metric("top1", 86.25, "cifar10 test, all rows", 10000, "runs/x/eval.json")),
+        recipe=f"python scripts/train_fp32.py {name} --epochs 30 --data DATA --out OUT",
+    )
+
+
+def test_card_of_a_measured_file_that_is_not_committed_says_why_and_how_to_make_it():
+    entry = _not_committed("cnn7_cifar10_fp32_stbp")
+    card = render_card(entry)
+    assert "No published weights yet" not in card and "No measured results yet" not in card
+    assert "not committed" in card and entry.made_file.reason in card
+    assert f"sha256 `{entry.made_file.sha256}`" in card and "248,440,872 bytes" in card
+    assert entry.recipe in card and f"python scripts/reproduce.py {entry.name}" in card
+    assert f'create_model("{entry.name}", weights=PATH)' in card
+    assert "| top1 | 89.50 % | cifar10 test, lossless rows | 1017 |" in card
+    assert "| top1 | 86.25 % | cifar10 test, all rows | 10000 |" in card
+    assert "as `create_model(..., pretrained=True)` builds it" not in card  # there is no such model to measure
+    assert [r["dataset"]["name"] for r in _front_matter(card)["model-index"][0]["results"]] == [
+        "cifar10 test, lossless rows", "cifar10 test, all rows"]
+
+
+def test_zoo_table_shows_a_not_committed_entry_with_its_accuracy(monkeypatch):
+    entry = _not_committed("cnn7_cifar10_fp32_stbp")
+    monkeypatch.setitem(_registry._ENTRIES, entry.name, entry)
+    row = next(line for line in zoo_table().splitlines() if f"[{entry.name}]" in line)
+    assert "| 248.42 MB (not committed) | 89.50 | 86.25 |" in row

@@ -94,6 +94,8 @@ def hardware_section(entry: ModelEntry) -> str:
         "PyTorch model's predictions.",
         "- Byte layout, semantics and the exactness argument: [docs/export.md](../docs/export.md).",
     ]
-    if not entry.has_weights:
+    if entry.made_file:
+        lines.append("- This entry's weights file is not committed: pass the file its recipe makes with `--weights`.")
+    elif not entry.has_weights:
         lines.append("- This entry has no published weights yet: pass the file you trained with `--weights`.")
     return "\n".join(lines)
