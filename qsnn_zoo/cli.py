@@ -122,8 +122,10 @@ def _weights_path(entry: ModelEntry, weights: Optional[str]) -> Path:
     except WeightsNotFoundError:
         if weights is not None or entry.has_weights:
             raise
+        why = "has no published weights" if entry.made_file is None else (
+            f"has no committed weights file ({entry.made_file.reason})")
         raise CLIError(
-            f"{entry.name} has no published weights, so there is no pretrained model to run. Make them with "
+            f"{entry.name} {why}, so there is no pretrained model to run. Make them with "
             f"`{entry.recipe}` and pass --weights PATH (or put {weights_filename(entry)} in $QSNN_ZOO_WEIGHTS)."
         ) from None
 
@@ -140,7 +142,8 @@ def _load_model(entry: ModelEntry, args: argparse.Namespace):
     record = {
         "path": str(path),
         "sha256": sha256,
-        "published": entry.weights is not None and sha256 == entry.weights.sha256,
+        # The file the card's numbers were measured on: the published one, or the uncommitted one its run made.
+        "published": sha256 in {f.sha256 for f in (entry.weights, entry.made_file) if f is not None},
     }
     return model, record
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -6,7 +7,10 @@ import torch
 from PIL import Image
 
 import qsnn_zoo
+from qsnn_zoo import _registry, hub
+from qsnn_zoo._registry import MadeFile
 from qsnn_zoo.cli import main
+from qsnn_zoo.hub import sha256_of
 
 SMALL = "vgg16_cifar10_bin_calib"  # cheapest family to simulate; run at T=2 below
 
@@ -65,10 +69,44 @@ def test_eval_on_bundled_sample(capsys, random_weights):
     assert result["weight_memory"]["weight_mb"] == pytest.approx(1.87, abs=0.01)
 
 
-def test_eval_without_weights_refuses(capsys):
-    assert main(["eval", "cnn7_cifar10_ter_stbp", "--T", "2", "--limit", "2"]) == 2
+@pytest.fixture
+def no_local_weights(monkeypatch, tmp_path):
+    """No weights file is found by name (checkpoints/ holds SMALL's published one)."""
+    monkeypatch.setattr(hub, "REPO_CHECKPOINTS", tmp_path / "empty")
+    monkeypatch.delenv(hub.ENV_WEIGHTS_DIR, raising=False)
+
+
+def test_eval_without_weights_refuses(capsys, monkeypatch, no_local_weights):
+    untrained = dataclasses.replace(qsnn_zoo.get_entry(SMALL), weights=None, metrics=())
+    monkeypatch.setitem(_registry._ENTRIES, SMALL, untrained)
+    assert main(["eval", SMALL, "--T", "2", "--limit", "2"]) == 2
     err = capsys.readouterr().err
-    assert "no published weights" in err and "scripts/reproduce.py cnn7_cifar10_ter_stbp" in err
+    assert "no published weights" in err and untrained.recipe in err and "--weights PATH" in err
+
+
+@pytest.fixture
+def made_file_entry(monkeypatch, random_weights):
+    """SMALL as an entry whose measured file (random_weights) is not committed."""
+    made = MadeFile(sha256_of(random_weights), random_weights.stat().st_size, "float32", "too large to commit")
+    entry = dataclasses.replace(qsnn_zoo.get_entry(SMALL), weights=None, made_file=made)
+    monkeypatch.setitem(_registry._ENTRIES, SMALL, entry)
+    return entry
+
+
+def test_eval_of_an_uncommitted_entry_without_weights_says_why(capsys, made_file_entry, no_local_weights):
+    assert main(["eval", SMALL, "--T", "2", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no committed weights file (too large to commit)" in err and made_file_entry.recipe in err
+
+
+def test_eval_recognises_the_uncommitted_file_its_card_was_measured_on(capsys, tmp_path, made_file_entry, random_weights):
+    result = run_json(capsys, "eval", SMALL, "--weights", str(random_weights), "--T", "2", "--limit", "2")
+    assert result["weights"]["published"] and not any("not the published" in n for n in result["notes"])
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    qsnn_zoo.save_weights(qsnn_zoo.create_model(SMALL, T=2), other)
+    result = run_json(capsys, "eval", SMALL, "--weights", str(other), "--T", "2", "--limit", "2")
+    assert not result["weights"]["published"] and any("not the published" in n for n in result["notes"])
 
 
 def test_eval_bad_data_dir_exits_2(capsys, tmp_path, random_weights):
