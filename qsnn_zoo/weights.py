@@ -8,6 +8,7 @@ and the model configuration, all as strings (safetensors allows nothing else).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -124,6 +125,20 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
             f"version {FORMAT_VERSION}. Upgrade qsnn-zoo or re-export the file."
         )
     return metadata
+
+
+def describe_file(path: PathLike) -> Dict[str, Any]:
+    """What the registry records of a weights file: its model, float dtype, and the sha256 and size of
+    its canonical bytes. Written where a file too large to bring back was made (the GPU machine), so
+    that it can be published as an uncommitted file (``scripts/publish.py --not-committed``)."""
+    metadata = read_metadata(path)
+    data = canonical_safetensors(Path(path).read_bytes())
+    return {
+        "model_name": metadata["model_name"],
+        "float_dtype": metadata["float_dtype"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
 
 
 def read_state(path: PathLike) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:

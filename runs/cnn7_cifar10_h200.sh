@@ -2,7 +2,8 @@
 # Session 4, one H200: the STBP CIFAR-10 trio (7-conv-3-FC LIF network, then its CBP children).
 # SPEC's schedule (fp32 100 epochs, CBP 100 per child) does not fit 30 minutes of device time, so:
 #   1. the fp32 parent runs SPEC D.3's recipe for FP32_EPOCHS epochs (its lr milestones are fractions of
-#      the epochs, so the 0.3 / 0.03 / 0.003 shape is kept), and its file is evaluated on the GPU;
+#      the epochs, so the 0.3 / 0.03 / 0.003 shape is kept), its file is evaluated on the GPU and
+#      described (sha256, size) for scripts/publish.py --not-committed;
 #   2. each child runs SPEC D.4's CBP from that file, one after the other (side by side, two processes
 #      only time-share the GPU: runs/README.md), for an equal share of the time left before DEADLINE
 #      (seconds since 1970), fixed before any result is seen; then it is ended at its last finished
@@ -26,6 +27,9 @@ evaluate() {
 python3 scripts/train_fp32.py $parent --epochs "$fp32_epochs" "${fast[@]}" --data "$data" --out "$out" \
   --device cuda --no-progress --resume > "$out/$parent.log" 2>&1 < /dev/null || exit 1
 evaluate $parent
+# The 248 MB parent cannot be brought back or committed: what the registry records of it is written here.
+python3 -c "import json, sys; from qsnn_zoo.weights import describe_file; print(json.dumps(describe_file(sys.argv[1])))" \
+  "$out/$parent/$parent.safetensors" > "$out/made_file_$parent.json"
 
 left=2
 for q in bin ter; do

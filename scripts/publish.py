@@ -13,13 +13,14 @@ metric name (e.g. top1_ann for the ANN form, top1_fp32_weights before a float16 
 --not-committed REASON publishes an entry whose file is too large to commit (an fp32 parent even in
 float16 over 50 MB): the file named by --weights is checked and hashed but not copied, the record's
 "weights" is null and its "made_file" holds the sha256, size and float dtype of the file with the
-reason, so the card can say how to make it and anyone who makes it can check theirs.
+reason, so the card can say how to make it and anyone who makes it can check theirs. Where the file
+cannot be brought to this machine, --weights takes instead the JSON that
+`qsnn_zoo.weights.describe_file` wrote of it where it was made.
 
     python scripts/publish.py cnn7_cifar10_fp32_stbp --weights W.safetensors --eval eval.json \\
         --run-dir OUT/cnn7_cifar10_fp32_stbp --recipe "..." --not-committed "over 50 MB even in float16 (124 MB)"
 """
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -33,7 +34,7 @@ from qsnn_zoo import get_entry  # noqa: E402
 from qsnn_zoo._registry import PUBLISHED_FILE  # noqa: E402
 from qsnn_zoo.hub import REPO_CHECKPOINTS  # noqa: E402
 from qsnn_zoo.metrics import metric_records  # noqa: E402
-from qsnn_zoo.weights import atomic_write, canonical_safetensors, read_metadata  # noqa: E402
+from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file  # noqa: E402
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "summary.json")
 
@@ -69,13 +70,15 @@ def extra_metrics(specs, dataset: str, dest: Path):
     return records
 
 
-def file_records(entry, data: bytes, float_dtype: str, not_committed: Optional[str], hf_repo: Optional[str]) -> dict:
-    """The record's "weights" (the file, committed to checkpoints/) or, when ``not_committed`` gives
-    the reason, a null "weights" and the "made_file" that the run made; both describe ``data``."""
-    identity = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+def file_records(entry, described: dict, data: Optional[bytes], not_committed: Optional[str],
+                 hf_repo: Optional[str]) -> dict:
+    """The record's "weights" (the file ``data``, committed to checkpoints/) or, when ``not_committed``
+    gives the reason, a null "weights" and the "made_file" that the run made; both as ``described``."""
+    identity = {"sha256": described["sha256"], "size": described["size"]}
     if not_committed:
-        return {"weights": None, "made_file": {**identity, "dtype": float_dtype, "reason": not_committed}}
+        return {"weights": None, "made_file": {**identity, "dtype": described["float_dtype"], "reason": not_committed}}
     target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
+    # Files written before save_weights sorted its header differ from a rerun's only in header order.
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     return {
         "weights": {
@@ -104,9 +107,14 @@ def main(argv=None) -> None:
 
     entry = get_entry(args.name)
     weights = Path(args.weights)
-    metadata = read_metadata(weights)
-    if metadata["model_name"] != entry.name:
-        parser.error(f"{weights} holds {metadata['model_name']}, not {entry.name}")
+    if weights.suffix == ".json":
+        if not args.not_committed:
+            parser.error(f"{weights} describes a file; publishing into checkpoints/ needs the file itself")
+        described, data = json.loads(weights.read_text()), None
+    else:
+        described, data = describe_file(weights), canonical_safetensors(weights.read_bytes())
+    if described["model_name"] != entry.name:
+        parser.error(f"{weights} holds {described['model_name']}, not {entry.name}")
     dest = REPO_ROOT / "runs" / entry.name
     dest.mkdir(parents=True, exist_ok=True)
     if args.run_dir:
@@ -119,9 +127,7 @@ def main(argv=None) -> None:
     metrics = metric_records(evaluation["accuracy"], entry.dataset, str(eval_copy.relative_to(REPO_ROOT)))
     metrics += extra_metrics(args.extra_metric, entry.dataset, dest)
 
-    # Files written before save_weights sorted its header differ from a rerun's only in header order.
-    published_bytes = canonical_safetensors(weights.read_bytes())
-    files = file_records(entry, published_bytes, metadata["float_dtype"], args.not_committed, args.hf_repo)
+    files = file_records(entry, described, data, args.not_committed, args.hf_repo)
     published = json.loads(PUBLISHED_FILE.read_text()) if PUBLISHED_FILE.exists() else {}
     published[entry.name] = {
         **files,
@@ -132,7 +138,7 @@ def main(argv=None) -> None:
     text = json.dumps(published, indent=2, sort_keys=True) + "\n"
     atomic_write(PUBLISHED_FILE, lambda tmp: Path(tmp).write_text(text))
     where = "not committed" if args.not_committed else f"checkpoints/{files['weights']['filename']}"
-    print(f"published {entry.name}: {where} ({len(published_bytes)} bytes), {len(metrics)} metrics")
+    print(f"published {entry.name}: {where} ({described['size']} bytes), {len(metrics)} metrics")
 
 
 if __name__ == "__main__":

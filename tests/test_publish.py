@@ -7,7 +7,7 @@ import pytest
 
 import qsnn_zoo
 from qsnn_zoo import _registry, get_entry
-from qsnn_zoo.weights import canonical_safetensors, save_weights
+from qsnn_zoo.weights import canonical_safetensors, describe_file, save_weights
 
 from _train_helpers import script
 
@@ -63,3 +63,15 @@ def test_not_committed_refuses_a_hub_repository(publish):
     with pytest.raises(SystemExit):
         main("--not-committed", "over 50 MB", "--hf-repo", "org/repo")
     assert not (root / "published.json").exists()
+
+
+def test_a_description_written_where_the_file_was_made_publishes_it_as_not_committed(publish, tmp_path):
+    main, root, weights = publish
+    main("--not-committed", "over 50 MB")
+    from_file = json.loads((root / "published.json").read_text())[NAME]
+    description = tmp_path / "made_file.json"
+    description.write_text(json.dumps(describe_file(weights)))
+    main("--weights", str(description), "--not-committed", "over 50 MB")  # the later --weights wins
+    assert json.loads((root / "published.json").read_text())[NAME] == from_file
+    with pytest.raises(SystemExit):
+        main("--weights", str(description))
