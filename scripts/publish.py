@@ -78,7 +78,6 @@ def file_records(entry, described: dict, data: Optional[bytes], not_committed: O
     if not_committed:
         return {"weights": None, "made_file": {**identity, "dtype": described["float_dtype"], "reason": not_committed}}
     target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
-    # Files written before save_weights sorted its header differ from a rerun's only in header order.
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     return {
         "weights": {
@@ -112,7 +111,9 @@ def main(argv=None) -> None:
             parser.error(f"{weights} describes a file; publishing into checkpoints/ needs the file itself")
         described, data = json.loads(weights.read_text()), None
     else:
-        described, data = describe_file(weights), canonical_safetensors(weights.read_bytes())
+        described = describe_file(weights)
+        # Files written before save_weights sorted its header differ from a rerun's only in header order.
+        data = None if args.not_committed else canonical_safetensors(weights.read_bytes())
     if described["model_name"] != entry.name:
         parser.error(f"{weights} holds {described['model_name']}, not {entry.name}")
     dest = REPO_ROOT / "runs" / entry.name
