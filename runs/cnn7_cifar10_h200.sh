@@ -30,6 +30,11 @@ evaluate $parent
 # The 248 MB parent cannot be brought back or committed: what the registry records of it is written here.
 python3 -c "import json, sys; from qsnn_zoo.weights import describe_file; print(json.dumps(describe_file(sys.argv[1])))" \
   "$out/$parent/$parent.safetensors" > "$out/made_file_$parent.json"
+# Nor can it be evaluated on the CPU of this repository's machine: the reference backend runs here,
+# on this machine's CPU cores, while the GPU trains the children.
+OMP_NUM_THREADS=8 python3 -m qsnn_zoo.cli eval $parent --weights "$out/$parent/$parent.safetensors" --data "$data" \
+  --limit 1017 --device cpu --json > "$out/$parent/eval_cpu_lossless_rows.json" 2> "$out/eval_cpu_$parent.log" &
+cpu_eval=$!
 
 left=2
 for q in bin ter; do
@@ -44,3 +49,4 @@ for q in bin ter; do
   bash runs/finish_at_last_epoch.sh "$data" "$out" $name stbp_cbp "${cbp[@]}" >> "$out/$name.log" 2>&1
   evaluate $name
 done
+wait $cpu_eval

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# How the three cnn7 (STBP) CIFAR-10 entries were published from session 5's H200 run
+# (runs/cnn7_cifar10_h200.sh, runs/README.md) and CPU evaluations.
+# Usage: bash runs/publish_cnn7_cifar10.sh RUN_OUT DATA
+#   RUN_OUT: the run's OUT without its checkpoint.pt files and the parent's weights (cnn7_cifar10_*_stbp/,
+#            eval_*.json, made_file_cnn7_cifar10_fp32_stbp.json, the stages' logs cnn7_cifar10_*_stbp.log)
+#   DATA:    the CIFAR-10 directory, for the CPU evaluations of the 1,017 lossless test rows
+set -euo pipefail
+R=$1 DATA=$2
+P=cnn7_cifar10_fp32_stbp
+fast="--amp --cuda-graph"
+epochs_of() { python -c "import json, sys; print(json.load(open(sys.argv[1]))['recipe']['epochs'])" "$R/$1/summary.json"; }
+lossless() { python -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['accuracy']['lossless']['top1']:.2f}\")" "$1"; }
+bf16="Trained under bf16 autocast (--amp), each step replayed from a CUDA graph (--cuda-graph: the same computation as the eager step, benchmarks/h200.md); the accuracies above are fp32 inference of the file on the GPU."
+
+E=$(epochs_of $P)
+parent_recipe="python scripts/train_fp32.py $P --epochs $E $fast --data DATA --out OUT"
+python scripts/publish.py $P --weights "$R/made_file_$P.json" --eval "$R/eval_$P.json" --run-dir "$R/$P" \
+  --not-committed "248 MB in fp32 and 124 MB in float16, over issue #5's 50 MB for a committed file" \
+  --extra-metric top1_cpu="$R/$P/eval_cpu_lossless_rows.json" --recipe "$parent_recipe" \
+  --note "$E of SPEC D.3's 100 epochs, to fit one session's 30 minutes of H200 time with both CBP children; the learning-rate milestones are the same fractions of the epochs (0.3, then 0.03 and 0.003 at 50 % and 75 %). The last epoch is kept (no model selection)." \
+  --note "$bf16 top1_cpu is the reference backend on the GPU machine's CPU, where the file stayed (a device call returns at most 64 MB)."
+cp "$R/$P.log" "runs/$P/train_log.txt"
+
+ended="the run was ended at its last finished epoch when its share of this session's GPU time ran out (runs/finish_at_last_epoch.sh, with the shares fixed at launch, before any result was seen). CBP's learning rate is constant until g reaches 20, so the weights are those of the command above. The last epoch is kept (no model selection)."
+for q in bin ter; do
+  C=cnn7_cifar10_${q}_stbp
+  mkdir -p runs/$C
+  [ -f runs/$C/eval_cpu_lossless_rows.json ] || python -m qsnn_zoo.cli eval $C --weights "$R/$C/$C.safetensors" \
+    --data "$DATA" --limit 1017 --device cpu --json > runs/$C/eval_cpu_lossless_rows.json
+  K=$(epochs_of $C)
+  gpu=$(lossless "$R/eval_$C.json") cpu=$(lossless "runs/$C/eval_cpu_lossless_rows.json")
+  python scripts/publish.py $C --weights "$R/$C/$C.safetensors" --eval "$R/eval_$C.json" --run-dir "$R/$C" \
+    --extra-metric top1_cpu="runs/$C/eval_cpu_lossless_rows.json" \
+    --recipe "$parent_recipe && python scripts/quantize_cbp.py $C --epochs $K $fast --parent-weights OUT/$P/$P.safetensors --data DATA --out OUT" \
+    --note "$K of SPEC D.4's 100 CBP epochs: $ended The binary child trained first, then the ternary one, on one H200." \
+    --note "Starts from the fp32 parent's own file (OUT/$P/$P.safetensors, not float16), which is not committed: the recipe makes it first, and its sha256 is in $P's card." \
+    --note "$bf16 On the lossless rows the CPU's fp32 reference backend gives $cpu % against the GPU's $gpu % (top1_cpu above)."
+  cp "$R/$C.log" "runs/$C/train_log.txt"
+done
+python scripts/make_cards.py
