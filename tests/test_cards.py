@@ -18,11 +18,11 @@ def _front_matter(card: str) -> dict:
 
 
 def test_card_without_weights_says_how_to_make_them_and_claims_no_results():
-    card = render_card(get_entry("cnn7_cifar10_bin_stbp"))
+    card = render_card(get_entry("cnn7_cifar100_bin_stbp"))
     meta = _front_matter(card)
     assert meta["library_name"] == "qsnn-zoo" and "model-index" not in meta
-    assert {"snn", "spiking-neural-network", "quantization", "binary-weights", "stbp", "cifar10"} <= set(meta["tags"])
-    assert "No published weights yet" in card and "python scripts/reproduce.py cnn7_cifar10_bin_stbp" in card
+    assert {"snn", "spiking-neural-network", "quantization", "binary-weights", "stbp", "cifar100"} <= set(meta["tags"])
+    assert "No published weights yet" in card and "python scripts/reproduce.py cnn7_cifar100_bin_stbp" in card
     for setting in ("decay", "threshold", "hard", "boxcar", "pool1, conv2", "conv1, fc3"):
         assert setting in card
 

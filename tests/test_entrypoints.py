@@ -162,7 +162,7 @@ def test_explicit_weights_file_loads_into_the_model(random_weights):
 
 
 def test_unpublished_entry_says_how_to_make_or_supply_its_weights(no_local_weights):
-    name = "cnn7_cifar10_bin_stbp"
+    name = "cnn7_cifar100_bin_stbp"
     with pytest.raises(WeightsNotFoundError) as err:
         qsnn_zoo.create_model(name, pretrained=True, T=2)
     message = str(err.value)
@@ -179,7 +179,7 @@ def test_an_entry_whose_measured_file_is_not_committed_says_why_pretrained_fails
         qsnn_zoo.create_model(name, pretrained=True, T=2)
     message = str(err.value)
     assert f"the weights file of {name} is not committed ({made.reason})" in message
-    assert f"python scripts/reproduce.py {name}" in message and "weights=PATH" in message
+    assert f"Make them with `{_registry.get_entry(name).recipe}`" in message and "weights=PATH" in message
 
 
 def test_a_local_file_with_other_bytes_than_the_published_ones(monkeypatch, no_local_weights, random_weights):
