@@ -1,5 +1,8 @@
 """A run stopped after an epoch and resumed ends with the uninterrupted run's weights and log."""
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +79,36 @@ def test_same_command_twice_writes_the_same_file(tmp_path):
         _run(tmp_path / out, parent)
     first, second = (sha256_of(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("first", "second"))
     assert first == second
+
+
+SIGTERM_DURING_SAVE = """
+import os, signal, sys, time
+from pathlib import Path
+from qsnn_zoo.train.runner import exit_on_sigterm
+from qsnn_zoo.weights import atomic_write
+
+if sys.argv[2] == "handled":
+    exit_on_sigterm()
+
+def write(tmp):
+    Path(tmp).write_bytes(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+@pytest.mark.parametrize("mode", ["handled", "default"])
+def test_sigterm_during_a_checkpoint_save_leaves_the_previous_checkpoint_alone(tmp_path, mode):
+    # finish_at_last_epoch.sh stops runs with pkill; a run killed while saving must neither replace
+    # its last checkpoint with half a file nor, once SIGTERM unwinds, leave the temp file behind.
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"last whole checkpoint")
+    done = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SAVE, str(checkpoint), mode], timeout=120)
+    assert checkpoint.read_bytes() == b"last whole checkpoint"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if mode == "handled":
+        assert done.returncode == 128 + signal.SIGTERM and left == ["checkpoint.pt"]
+    else:  # Python's default, what exit_on_sigterm exists for: killed on the spot, the temp file stays
+        assert done.returncode == -signal.SIGTERM and len(left) == 2

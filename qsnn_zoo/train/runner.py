@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -31,9 +33,26 @@ def print_recipes(name: str, overrides: Dict) -> None:
             print(f"  {key:<18} {value}")
 
 
+def exit_on_sigterm() -> None:
+    """Makes SIGTERM raise SystemExit, as Ctrl-C raises KeyboardInterrupt.
+
+    Runs are stopped with kill/pkill (runs/finish_at_last_epoch.sh, schedulers, torchrun). Python's
+    default for SIGTERM ends the process on the spot, leaving a checkpoint that was being written as
+    a temporary file of hundreds of MB beside the intact previous one; unwinding lets the atomic
+    write remove it.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_entry(name: str, args: argparse.Namespace, overrides: Optional[Dict] = None) -> Optional[Path]:
     """Runs every stage of ``name`` with the SPEC recipe and ``overrides``; returns the weights path
     (None when stopped early with --stop-after-epoch)."""
+    exit_on_sigterm()
     overrides = recipe_overrides(args) if overrides is None else overrides
     options = run_options(args)
     path = None
