@@ -9,6 +9,8 @@
 # resuming from the checkpoints the first left; the first call began with the same-seed check
 #   bash runs/repeat_check.sh DATA OUT/repeat vgg16_cifar10_bin_calib --lr 1e-4 --amp --cuda-graph \
 #     --parent-weights PARENT --deterministic --epochs 1 --limit-train 6400 --test-every 0 --device cuda
+# Session 6 (the published runs) called it twice on a fresh OUT: SECONDS 1350, its sleep ended early
+# after epoch 30 (runs/README.md), then 240.
 set -uo pipefail
 data=$1 out=$2 parent=$3 seconds=$4
 flags=(--lr 1e-4 --amp --cuda-graph --parent-weights "$parent")
