@@ -6,17 +6,12 @@
 #   CHILD_OUT:  the CBP runs' OUT (alexnet_cifar10_{bin,ter}_tsslbp/, eval_*.json)
 #   DATA:       the CIFAR-10 directory, for the CPU evaluations of the 1,017 lossless test rows
 set -euo pipefail
+source runs/publish_helpers.sh
 R1=$1 R2=$2 DATA=$3
 P=alexnet_cifar10_fp32_tsslbp
 shortened="the run was ended at its last finished epoch when this session's GPU time ran out (runs/finish_at_last_epoch.sh, at a time fixed before the results were seen); the learning rate is constant, so the weights are exactly those of the shorter command above. The last epoch is kept (no model selection)."
 
-cpu_eval() {  # NAME WEIGHTS: the published file on the CPU, lossless rows 0-1016
-  mkdir -p "runs/$1"
-  [ -f "runs/$1/eval_cpu_lossless_rows.json" ] || python -m qsnn_zoo.cli eval "$1" --weights "$2" --data "$DATA" \
-    --limit 1017 --device cpu --json > "runs/$1/eval_cpu_lossless_rows.json"
-}
-
-cpu_eval $P "$R1/$P/$P.fp16.safetensors"
+cpu_eval $P "$R1/$P/$P.fp16.safetensors" runs/$P/eval_cpu_lossless_rows.json
 python scripts/publish.py $P --weights "$R1/$P/$P.fp16.safetensors" --eval "$R1/eval_${P}_fp16.json" --run-dir "$R1/$P" \
   --extra-metric top1_fp32_weights="$R1/eval_${P}_fp32.json" --extra-metric top1_cpu="runs/$P/eval_cpu_lossless_rows.json" \
   --recipe "python scripts/train_fp32.py $P --epochs 64 --data DATA --out OUT && python scripts/half_weights.py $P OUT/$P/$P.safetensors $P.safetensors" \
@@ -26,7 +21,7 @@ python scripts/publish.py $P --weights "$R1/$P/$P.fp16.safetensors" --eval "$R1/
 
 for q in bin ter; do
   C=alexnet_cifar10_${q}_tsslbp
-  cpu_eval $C "$R2/$C/$C.safetensors"
+  cpu_eval $C "$R2/$C/$C.safetensors" runs/$C/eval_cpu_lossless_rows.json
   python scripts/publish.py $C --weights "$R2/$C/$C.safetensors" --eval "$R2/eval_$C.json" --run-dir "$R2/$C" \
     --extra-metric top1_cpu="runs/$C/eval_cpu_lossless_rows.json" \
     --recipe "python scripts/quantize_cbp.py $C --epochs 11 --parent-weights checkpoints/$P.safetensors --data DATA --out OUT" \

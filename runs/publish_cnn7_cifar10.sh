@@ -6,14 +6,13 @@
 #            eval_*.json, made_file_cnn7_cifar10_fp32_stbp.json, the stages' logs cnn7_cifar10_*_stbp.log)
 #   DATA:    the CIFAR-10 directory, for the CPU evaluations of the 1,017 lossless test rows
 set -euo pipefail
+source runs/publish_helpers.sh
 R=$1 DATA=$2
 P=cnn7_cifar10_fp32_stbp
 fast="--amp --cuda-graph"
-epochs_of() { python -c "import json, sys; print(json.load(open(sys.argv[1]))['recipe']['epochs'])" "$R/$1/summary.json"; }
-lossless() { python -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['accuracy']['lossless']['top1']:.2f}\")" "$1"; }
 bf16="Trained under bf16 autocast (--amp), each step replayed from a CUDA graph (--cuda-graph: the same computation as the eager step, benchmarks/h200.md); the accuracies above are fp32 inference of the file on the GPU."
 
-E=$(epochs_of $P)
+E=$(recipe_epochs "$R/$P/summary.json")
 parent_recipe="python scripts/train_fp32.py $P --epochs $E $fast --data DATA --out OUT"
 python scripts/publish.py $P --weights "$R/made_file_$P.json" --eval "$R/eval_$P.json" --run-dir "$R/$P" \
   --not-committed "248 MB in fp32 and 124 MB in float16, over issue #5's 50 MB for a committed file" \
@@ -25,10 +24,8 @@ cp "$R/$P.log" "runs/$P/train_log.txt"
 ended="the run was ended at its last finished epoch when its share of this session's GPU time ran out (runs/finish_at_last_epoch.sh, with the shares fixed at launch, before any result was seen). CBP's learning rate is constant until g reaches 20 (it reached 5 for the binary child, 6 for the ternary; metrics.jsonl), so the weights are those of the command above. The last epoch is kept (no model selection)."
 for q in bin ter; do
   C=cnn7_cifar10_${q}_stbp
-  mkdir -p runs/$C
-  [ -f runs/$C/eval_cpu_lossless_rows.json ] || python -m qsnn_zoo.cli eval $C --weights "$R/$C/$C.safetensors" \
-    --data "$DATA" --limit 1017 --device cpu --json > runs/$C/eval_cpu_lossless_rows.json
-  K=$(epochs_of $C)
+  cpu_eval $C "$R/$C/$C.safetensors" runs/$C/eval_cpu_lossless_rows.json
+  K=$(recipe_epochs "$R/$C/summary.json")
   gpu=$(lossless "$R/eval_$C.json") cpu=$(lossless "runs/$C/eval_cpu_lossless_rows.json")
   python scripts/publish.py $C --weights "$R/$C/$C.safetensors" --eval "$R/eval_$C.json" --run-dir "$R/$C" \
     --extra-metric top1_cpu="runs/$C/eval_cpu_lossless_rows.json" \

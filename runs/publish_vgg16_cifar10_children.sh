@@ -8,20 +8,19 @@
 #            vgg16_{bin,ter}.log), with the first call's logs vgg16_{bin,ter}.log in RUN_OUT/call1/
 #   DATA:    the CIFAR-10 directory, for the CPU evaluations of the 1,017 lossless test rows
 set -euo pipefail
+source runs/publish_helpers.sh
 R=$1 DATA=$2
 P=vgg16_cifar10_fp32_calib
 SESSION3=262e6a4
 ended="the run was ended at its last finished epoch when this session's GPU time ran out (runs/finish_at_last_epoch.sh), in two device calls, the second resuming from the first's checkpoint. The first call's end was brought forward to leave time for ending and evaluating both runs, a decision on the device time left, taken after its per-epoch metrics up to epoch 30 had been seen; the second call's length (240 s) was fixed at its launch. CBP's learning rate is constant until g reaches 20 (it reached 2 for the binary child and 3 for the ternary; metrics.jsonl), so the weights are those of the command above. The last epoch is kept (no model selection)."
-lossless() { python -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['accuracy']['lossless']['top1']:.2f}\")" "$1"; }
 
 for q in bin ter; do
   C=vgg16_cifar10_${q}_calib
-  cpu_eval=$R/$C/eval_cpu_lossless_rows.json
-  [ -f "$cpu_eval" ] || python -m qsnn_zoo.cli eval $C --weights "$R/$C/$C.safetensors" \
-    --data "$DATA" --limit 1017 --device cpu --json > "$cpu_eval"
-  epochs=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['recipe']['epochs'])" "$R/$C/calib_cbp/summary.json")
-  gpu=$(lossless "$R/eval_$C.json") cpu=$(lossless "$cpu_eval")
-  apart=$(python -c "import json, sys; c = [json.load(open(f))['accuracy']['lossless']['correct'] for f in sys.argv[1:]]; print(abs(c[0] - c[1]))" "$R/eval_$C.json" "$cpu_eval")
+  cpu_json=$R/$C/eval_cpu_lossless_rows.json
+  cpu_eval $C "$R/$C/$C.safetensors" "$cpu_json"
+  epochs=$(recipe_epochs "$R/$C/calib_cbp/summary.json")
+  gpu=$(lossless "$R/eval_$C.json") cpu=$(lossless "$cpu_json")
+  apart=$(python -c "import json, sys; c = [json.load(open(f))['accuracy']['lossless']['correct'] for f in sys.argv[1:]]; print(abs(c[0] - c[1]))" "$R/eval_$C.json" "$cpu_json")
   off=$(python -c "import json, sys; print(f\"{json.loads(open(sys.argv[1]).readlines()[-1])['off_level_fraction']:.0%}\")" "$R/$C/calib_cbp/metrics.jsonl")
   git show "$SESSION3:runs/$C/calib_cbp/metrics.jsonl" > "$R/$C/session3_metrics.jsonl"
   {
@@ -32,7 +31,7 @@ for q in bin ter; do
     python runs/compare_training_logs.py "$R/$C/session3_metrics.jsonl" "$R/$C/calib_cbp/metrics.jsonl"
   } > "$R/$C/repeat_across_sessions.txt"
   python scripts/publish.py $C --weights "$R/$C/$C.safetensors" --eval "$R/eval_$C.json" --run-dir "$R/$C" \
-    --extra-metric top1_cpu="$cpu_eval" \
+    --extra-metric top1_cpu="$cpu_json" \
     --recipe "python scripts/quantize_cbp.py $C --lr 1e-4 --epochs $epochs --amp --cuda-graph --parent-weights checkpoints/$P.safetensors --data DATA --out OUT" \
     --note "$epochs of SPEC's 100 CBP epochs: $ended The binary and ternary runs trained side by side on one H200 (about 32 s per epoch each)." \
     --note "Learning rate 1e-4, the SNN-Calibration CBP script's default, instead of the 1e-2 of its README that SPEC E.4 follows: at 1e-2 both children collapse to chance (sessions 1 and 2), because rescaling the thresholds to 1 leaves the last layers' scale s near 1e-3 and one clipped step moves their weights by ~8 s (runs/unpublished/vgg16_cbp_diagnosis/README.md)." \
