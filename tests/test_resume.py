@@ -41,6 +41,23 @@ def test_interrupted_cbp_run_resumes_to_the_same_result(tmp_path):
     assert json.loads((split / "summary.json").read_text())["test"] == json.loads((whole / "summary.json").read_text())["test"]
 
 
+def test_time_budget_stops_at_an_epoch_boundary_and_resumes_to_the_same_result(tmp_path):
+    """A budget that the first epoch already uses up: the stage stops after it with a checkpoint and
+    no weights file, and --resume then ends with the uninterrupted run's weights."""
+    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
+    _run(tmp_path / "whole", parent, "--checkpoint-seconds", "1e9")
+    _run(tmp_path / "split", parent, "--time-budget", "1e-6", "--checkpoint-seconds", "1e9")
+    split = tmp_path / "split" / NAME
+    assert not (split / f"{NAME}.safetensors").exists()
+    assert [r["epoch"] for r in read_metrics(split / "calib_cbp" / "metrics.jsonl")] == [0]
+    _run(tmp_path / "split", parent, "--resume")
+    (state, _), (resumed, _) = (read_state(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("whole", "split"))
+    assert all(torch.equal(state[k], resumed[k]) for k in state)
+    records = read_metrics(split / "calib_cbp" / "metrics.jsonl")
+    assert {"code_flips", "code_flips_last", "firing_rates"} <= set(records[-1])
+    assert 0 <= records[-1]["code_flips_last"] <= 1 and len(records[-1]["firing_rates"]) == 18  # 13 convs + 5 pools
+
+
 def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path):
     """How a GPU run is cut short when its time is up: stop a 3-epoch CBP run after epoch 1, then
     ``--epochs 1 --resume`` publishes exactly what ``--epochs 1`` would have (CBP's lr is constant and

@@ -154,3 +154,23 @@ def test_holdout_split_takes_the_last_images():
     assert np.array_equal(val.images, images[7:])
     with pytest.raises(ValueError, match="val_size"):
         holdout_split(data, val_size=10)
+
+
+def test_chunked_epoch_equals_batch_by_batch_augmentation(sample, monkeypatch):
+    """The loader augments many batches in one pass; each batch must still be what augmenting it
+    alone, with its own generator, gives (the recipe's definition of the data)."""
+    import qsnn_zoo.train.data as train_data
+
+    augment = Augment(("crop_flip", "autoaugment", "cutout"))
+    monkeypatch.setattr(train_data, "CHUNK_IMAGES", 24)  # 3 batches of 8 per pass, 2 passes
+    loader = _loader(sample.images, sample.labels, augment=augment, seed=11)
+    chunked = _epoch(loader, 1)
+    shard, seeds = loader.epoch_plan()
+    images = torch.as_tensor(sample.images).permute(0, 3, 1, 2).contiguous()
+    mean, std = torch.tensor(MEAN).view(1, -1, 1, 1), torch.tensor(STD).view(1, -1, 1, 1)
+    for b, (x, y) in enumerate(chunked):
+        index = shard[b * 8 : (b + 1) * 8]
+        alone = augment(images[index], torch.Generator().manual_seed(int(seeds[b])))
+        assert torch.equal(x, (alone - mean) / std)
+        assert torch.equal(y, torch.as_tensor(sample.labels)[index].long())
+    assert _same_batches(chunked[4:], _epoch(loader, 1, start_batch=4))  # resumed inside the second pass

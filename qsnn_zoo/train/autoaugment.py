@@ -359,5 +359,8 @@ class AutoAugmentCIFAR10:
             out.index_copy_(0, index, self.kernels[kernel](out[index], table.parameters[rows[begin:end]]))
         return out
 
+    def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> Tuple[Plan]:
+        return (self.sample(batch_size, generator),)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.sample(len(images), generator))

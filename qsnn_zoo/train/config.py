@@ -71,7 +71,9 @@ class RunOptions:
     test_every: int = 1  # log test accuracy every N epochs (0: only at the end); never used to select
     limit_train: int = 0  # use only the first N training images (quick checks)
     limit_test: int = 0
-    stop_after_epoch: int = 0  # stop (resumably) once this many epochs are done, e.g. for job time limits
+    stop_after_epoch: int = 0  # stop (resumably) once this many epochs are done
+    time_budget: float = 0.0  # seconds from the command's start; stop (resumably) at the last epoch that fits
+    checkpoint_seconds: float = 60.0  # write the resumable checkpoint at most this often, and when stopping
     parent_weights: str = ""  # fp32 weights to start CBP from; default: the parent's run, else the hub
     progress: bool = True
     deterministic: bool = False  # deterministic cuDNN/cuBLAS algorithms, for bit-identical repeats on one GPU
@@ -211,6 +213,10 @@ RUN_HELP = {
     "limit_train": "use only the first N training images",
     "limit_test": "use only the first N test images",
     "stop_after_epoch": "stop after this many epochs (resume later with --resume)",
+    "time_budget": "seconds this command may run: each stage stops at the last epoch boundary that fits, with a "
+    "checkpoint to continue from with --resume (0: no limit)",
+    "checkpoint_seconds": "write the resumable checkpoint when this many seconds have passed since the last one, "
+    "and always when the stage stops",
     "parent_weights": "fp32 weights file to quantize (default: OUT/PARENT/PARENT.safetensors, else the hub)",
     "progress": "progress bars",
     "deterministic": "deterministic GPU algorithms (slower): the same command then gives the same weights file",

@@ -11,7 +11,7 @@ and the augmentations are the same on every device and can be resumed at any bat
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from .autoaugment import AutoAugmentCIFAR10
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 SEED_RANGE = 2**62
+CHUNK_IMAGES = 8192  # images the loader augments in one pass (about 100 MB of float32 pixels)
 
 # SPEC E.2's order: crop, flip, AutoAugment (on uint8 pixels), ToTensor, Cutout (on [0, 1] floats), Normalize.
 AUGMENTATIONS = ("crop_flip", "autoaugment", "cutout")
@@ -57,6 +58,9 @@ class RandomCropFlip:
         # Advanced indices around the channel slice put their broadcast dims first: [B, H, W, C].
         return padded[batch, :, rows.view(b, h, 1), columns.view(b, 1, w)].permute(0, 3, 1, 2).contiguous()
 
+    def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
+        return self.sample(batch_size, generator)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, *self.sample(len(images), generator))
 
@@ -88,6 +92,9 @@ class Cutout:
         in_columns = (columns >= start[:, 1:]) & (columns < stop[:, 1:])
         hole = in_rows.unsqueeze(2) & in_columns.unsqueeze(1)
         return images.masked_fill(hole.unsqueeze(1), 0.0)
+
+    def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
+        return (self.sample(batch_size, height, width, generator),)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _, _, h, w = images.shape
@@ -124,13 +131,37 @@ class Augment:
     def __repr__(self) -> str:
         return f"Augment({self.names})"
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        for stage in self.pixel_stages:
-            images = stage(images, generator)
+    def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> List[Tuple[torch.Tensor, ...]]:
+        """Every stage's random draws for one batch, in the order the stages consume ``generator``."""
+        return [stage.draw(batch_size, height, width, generator) for stage in (*self.pixel_stages, *self.float_stages)]
+
+    def apply(self, images: torch.Tensor, draws: Sequence[Tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """The augmentations with ``draws`` (one row per image, as :meth:`draw` or
+        :func:`concat_draws` give them): each stage acts on every image alone, so a whole epoch
+        augmented at once equals its batches augmented one by one."""
+        stages = (*self.pixel_stages, *self.float_stages)
+        for stage, stage_draws in zip(stages[: len(self.pixel_stages)], draws):
+            images = stage.apply(images, *stage_draws)
         x = images.float().div_(255)
-        for stage in self.float_stages:
-            x = stage(x, generator)
+        for stage, stage_draws in zip(stages[len(self.pixel_stages) :], draws[len(self.pixel_stages) :]):
+            x = stage.apply(x, *stage_draws)
         return x
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _, _, height, width = images.shape
+        return self.apply(images, self.draw(len(images), height, width, generator))
+
+
+def concat_draws(per_batch: Sequence[List[Tuple]]) -> List[Tuple]:
+    """Per-batch draws of :meth:`Augment.draw` joined along the image axis, stage by stage."""
+    return [tuple(_cat(values) for values in zip(*stage)) for stage in zip(*per_batch)]
+
+
+def _cat(values: Sequence) -> Union[torch.Tensor, Tuple]:
+    first = values[0]
+    if isinstance(first, tuple):  # a record of tensors, such as AutoAugment's Plan
+        return type(first)(*(torch.cat(field) for field in zip(*values)))
+    return torch.cat(values)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -148,7 +179,9 @@ class DeviceLoader:
     repeats the epoch. With ``world_size > 1`` rank r takes every world_size-th index of the
     permutation from r, after trimming to a multiple of world_size, so shards are disjoint and
     every rank has the same number of batches. Each batch draws its augmentations from its own
-    generator, so ``set_epoch(e, start_batch=k)`` resumes exactly at batch k.
+    generator, so ``set_epoch(e, start_batch=k)`` resumes exactly at batch k. Batches are
+    augmented many at a time (:data:`CHUNK_IMAGES`); each image's augmentation is its own, so
+    the result is that of augmenting batch by batch.
     """
 
     def __init__(
@@ -228,14 +261,34 @@ class DeviceLoader:
     def __iter__(self):
         shard, batch_seeds = self.epoch_plan()
         shard = shard.to(self.device)
-        for b in range(self.start_batch, len(self)):
-            index = shard[b * self.batch_size : (b + 1) * self.batch_size]
-            images = self.images[index]
-            if self.augment is None:
-                x = images.float().div_(255)
-            else:
-                x = self.augment(images, torch.Generator().manual_seed(int(batch_seeds[b])))
-            yield self.normalise(x), self.labels[index]
+        per_chunk = max(1, CHUNK_IMAGES // self.batch_size)
+        # Chunks start at fixed batch indices, so a resumed epoch augments the same groups of images.
+        first_chunk = self.start_batch - self.start_batch % per_chunk
+        for first in range(first_chunk, len(self), per_chunk):
+            batches = range(first, min(first + per_chunk, len(self)))
+            index = shard[first * self.batch_size : batches[-1] * self.batch_size + self._size(batches[-1])]
+            x, y = self._prepared(index, [(self._size(b), int(batch_seeds[b])) for b in batches]), self.labels[index]
+            for b in batches:
+                if b >= self.start_batch:
+                    rows = slice((b - first) * self.batch_size, (b - first) * self.batch_size + self._size(b))
+                    yield x[rows], y[rows]
+
+    def _size(self, batch: int) -> int:
+        return min(self.batch_size, self.samples_per_rank - batch * self.batch_size)
+
+    def _prepared(self, index: torch.Tensor, batches: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """Normalised images of ``index``, each batch ``(size, seed)`` augmented with its own draws.
+
+        One augmentation pass over many batches launches the same few dozen kernels as a pass over
+        one batch, and the draws of all of them reach the device in one copy: a loader that
+        augments batch by batch waits on a blocking copy per batch, which stalls the training step
+        queued behind it."""
+        images = self.images[index]
+        if self.augment is None:
+            return self.normalise(images.float().div_(255))
+        _, _, height, width = images.shape
+        draws = [self.augment.draw(size, height, width, torch.Generator().manual_seed(seed)) for size, seed in batches]
+        return self.normalise(self.augment.apply(images, concat_draws(draws)))
 
 
 def holdout_split(image_set: ImageSet, val_size: int = 5000) -> Tuple[ImageSet, ImageSet]:

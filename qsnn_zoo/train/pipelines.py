@@ -32,7 +32,7 @@ from .._registry import ModelEntry, get_entry
 from ..cbp import CBP
 from ..data import ImageSet, load_cifar
 from ..hub import WeightsNotFoundError, resolve_weights, sha256_of
-from ..layers.quant import quantized_modules
+from ..layers.quant import quantized_modules, weight_codes
 from ..weights import atomic_write, save_weights
 from . import distributed
 from .checkpoint import (
@@ -59,6 +59,8 @@ class Run:
     options: RunOptions
     device: torch.device
     info: DistInfo
+    deadline: Optional[float] = None  # time.monotonic() by which the stage stops at an epoch boundary
+    stopped_early: bool = False  # set by fit when --stop-after-epoch or --time-budget ended it
 
     @property
     def entry(self) -> ModelEntry:
@@ -227,6 +229,8 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         run.log("--cuda-graph needs one CUDA process: this run steps eagerly")
     log = MetricsLog(run.stage_dir / METRICS_NAME, start_epoch) if info.is_main else None
     last_epoch = recipe.epochs if not opts.stop_after_epoch else min(recipe.epochs, opts.stop_after_epoch)
+    flips = CodeFlips(cbp.layers) if cbp is not None else None
+    saved_at = time.monotonic()
     for epoch in range(start_epoch, last_epoch):
         started = time.perf_counter()
         loader.set_epoch(epoch)
@@ -236,6 +240,8 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         if cbp is not None:
             record["g_advanced"] = cbp.end_epoch(record["lagsum"])
             record.update(cbp.stats())
+            record.update(flips.epoch_end())
+            record["firing_rates"] = firing_rates(model, data.test, run.entry, run.device)
         if scheduler is not None:
             scheduler.step()
         if data.val is not None:
@@ -246,21 +252,70 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
             test = evaluate(model, data.test, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, info, opts.amp)
             record.update({"test_top1_all": test["top1_all"], "test_top1_lossless": test["top1_lossless"]})
         record["seconds"] = time.perf_counter() - started
+        out_of_time = run.deadline is not None and time.monotonic() + record["seconds"] > run.deadline
+        stopping = epoch + 1 == last_epoch or out_of_time
         if info.is_main:
             log.append(record)
-            save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "cbp": cbp.state_dict() if cbp is not None else None,
-                "epoch": epoch + 1, "best": best, "recipe": recipe.to_dict(),
-            })
-            plot_curves(log.records, run.stage_dir / CURVES_NAME, f"{run.name} ({recipe.stage})")
+            # A checkpoint of a VGG16 child is hundreds of MB: written every epoch it would cost a
+            # tenth of a short epoch, so it is written at most every --checkpoint-seconds and when
+            # the run stops; a killed run resumes from the last one.
+            if stopping or time.monotonic() - saved_at >= opts.checkpoint_seconds:
+                save_checkpoint(checkpoint_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "cbp": cbp.state_dict() if cbp is not None else None,
+                    "epoch": epoch + 1, "best": best, "recipe": recipe.to_dict(),
+                })
+                plot_curves(log.records, run.stage_dir / CURVES_NAME, f"{run.name} ({recipe.stage})")
+                saved_at = time.monotonic()
             run.log(_epoch_line(record))
         distributed.barrier(info)
+        if out_of_time and epoch + 1 < last_epoch:
+            run.log(f"{run.name}/{recipe.stage}: stopped after epoch {epoch + 1} of {recipe.epochs}: another epoch "
+                    f"would pass --time-budget; continue with --resume")
+            last_epoch = epoch + 1
+            break
     distributed.check_replicas_agree(model, info)
-    if best["state"] is not None and last_epoch == recipe.epochs:
+    run.stopped_early = last_epoch < recipe.epochs
+    if best["state"] is not None and not run.stopped_early:
         model.load_state_dict(best["state"])
     return model
+
+
+class CodeFlips:
+    """Per epoch: the fraction of quantized weights whose level (code) changed, over all quantized
+    layers and in the last one, where a too-large learning rate shows first."""
+
+    def __init__(self, layers: List[Tuple[str, nn.Module]]) -> None:
+        self.layers = layers
+        self.codes = self._codes()
+
+    def _codes(self) -> List[torch.Tensor]:
+        return [weight_codes(m.weight.detach(), m.scale, m.quant) for _, m in self.layers]
+
+    def epoch_end(self) -> Dict[str, float]:
+        codes = self._codes()
+        changed = [int((new != old).sum()) for new, old in zip(codes, self.codes)]
+        self.codes = codes
+        return {
+            "code_flips": sum(changed) / sum(c.numel() for c in codes),
+            "code_flips_last": changed[-1] / codes[-1].numel(),
+        }
+
+
+FIRING_RATE_IMAGES = 128
+
+
+def firing_rates(model: nn.Module, test: ImageSet, entry: ModelEntry, device: torch.device) -> Dict[str, float]:
+    """Spikes per neuron and step of every spiking layer on the first test images: a layer that
+    falls silent during CBP shows here before the accuracy drops."""
+    from ..metrics import run_model
+
+    was_training = model.training
+    _, activity = run_model(model, test.subset(slice(0, FIRING_RATE_IMAGES)), entry.mean, entry.std,
+                            batch_size=FIRING_RATE_IMAGES, device=str(device), progress=False)
+    model.train(was_training)
+    return activity["firing_rates"]
 
 
 def _cpu_state(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -274,8 +329,8 @@ def _epoch_line(record: Dict[str, Any]) -> str:
 
 
 def finished(run: Run) -> bool:
-    """Whether the stage ran all its epochs (not stopped early by --stop-after-epoch)."""
-    return not run.options.stop_after_epoch or run.options.stop_after_epoch >= run.recipe.epochs
+    """Whether the stage ran all its epochs (not stopped early by --stop-after-epoch or --time-budget)."""
+    return not run.stopped_early
 
 
 # ---------------------------------------------------------------- stages
@@ -447,11 +502,12 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def run_stage(name: str, recipe: Recipe, options: RunOptions) -> Optional[Path]:
-    """Runs one stage of entry ``name`` in this process (one of ``torchrun``'s ranks, or alone)."""
+def run_stage(name: str, recipe: Recipe, options: RunOptions, deadline: Optional[float] = None) -> Optional[Path]:
+    """Runs one stage of entry ``name`` in this process (one of ``torchrun``'s ranks, or alone); a
+    trained stage stops at the last epoch boundary before ``deadline`` (``time.monotonic()``)."""
     if options.deterministic:
         use_deterministic_algorithms()
     device = distributed.pick_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     options = replace(options, backend=options.backend or ("fast" if device.type == "cuda" else "reference"))
     info = distributed.init_distributed(device)
-    return STAGE_FUNCTIONS[recipe.stage](Run(name, recipe, options, device, info))
+    return STAGE_FUNCTIONS[recipe.stage](Run(name, recipe, options, device, info, deadline))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -58,10 +59,20 @@ def run_entry(name: str, args: argparse.Namespace, overrides: Optional[Dict] = N
     path = None
     for stage in stages_for(name):
         recipe = apply_overrides(recipe_for(name, stage, use_bn=overrides.get("use_bn", False)), overrides)
-        path = run_stage(name, recipe, options)
+        path = run_stage(name, recipe, options, command_deadline(args))
         if path is None:
             return None
     return path
+
+
+def command_deadline(args: argparse.Namespace) -> Optional[float]:
+    """The ``time.monotonic()`` at which --time-budget runs out. It counts from the first stage the
+    command runs, so reproduce.py's parent and child stages share one budget."""
+    if not getattr(args, "time_budget", None):
+        return None
+    if getattr(args, "deadline", None) is None:
+        args.deadline = time.monotonic() + args.time_budget
+    return args.deadline
 
 
 def parent_available(name: str, options: RunOptions) -> bool:
