@@ -171,9 +171,11 @@ def dropout_statistics(device="cpu", p: float = 0.25, T: int = 4, step_shape=(8,
     }
 
 
-def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True) -> dict:
-    """``fused.avg_pool_conv`` against the depthwise conv on spikes of one value: exact with the
-    converted models' equal weights, within rounding with arbitrary per-tap weights."""
+def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True, gate: bool = False) -> dict:
+    """``fused.avg_pool_conv`` against the depthwise conv (followed by ReLU with ``gate``) on spikes of
+    one value: exact with the converted models' equal weights, within rounding with arbitrary
+    per-tap weights. With ``gate``, also whether the gradient is zero at the inputs of every
+    silent window (pooled current 0) and equal to the ungated one at all other inputs."""
     gen = torch.Generator().manual_seed(4)
     x = (torch.rand(*shape, generator=gen) < 0.5).float().to(device) * 0.7
     if channels_last:
@@ -181,19 +183,28 @@ def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True) 
     channels = shape[1]
     equal = torch.full((channels, 1, 2, 2), 0.25, device=device)
     arbitrary = torch.rand(channels, 1, 2, 2, generator=gen).to(device)
-    leaves = [x.clone().requires_grad_() for _ in range(2)]
-    out = fused.avg_pool_conv(leaves[0], equal)
-    ref = F.conv2d(leaves[1], equal, stride=2, groups=channels)
+    leaves = [x.clone().requires_grad_() for _ in range(3)]
+    out = fused.avg_pool_conv(leaves[0], equal, gate=gate)
+    ungated = F.conv2d(leaves[2], equal, stride=2, groups=channels)
+    ref = F.relu(F.conv2d(leaves[1], equal, stride=2, groups=channels)) if gate else F.conv2d(leaves[1], equal, stride=2, groups=channels)
     weights = torch.randn(ref.shape, generator=gen).to(device)
-    (out * weights).sum().backward()
-    (ref * weights).sum().backward()
-    return {
+    for y in (out, ref, ungated):
+        (y * weights).sum().backward()
+    silent = (ungated == 0).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    result = {
         "outputs_equal": torch.equal(out, ref),
         "layout_kept": out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format),
         "grad_rel_error": relative_error(leaves[0].grad, leaves[1].grad),
-        "arbitrary_weights_rel_error": relative_error(fused.avg_pool_conv(x, arbitrary), F.conv2d(x, arbitrary, stride=2, groups=channels)),
+        "arbitrary_weights_rel_error": relative_error(fused.avg_pool_conv(x, arbitrary, gate=gate),
+                                                      F.relu(F.conv2d(x, arbitrary, stride=2, groups=channels)) if gate
+                                                      else F.conv2d(x, arbitrary, stride=2, groups=channels)),
         "used_kernel": fused.triton_enabled(x),
     }
+    if gate:
+        result["silent_windows"] = int(silent.sum()) // 4
+        result["silent_windows_zero"] = bool((leaves[0].grad[silent] == 0).all())
+        result["active_windows_equal_ungated"] = torch.equal(leaves[0].grad[~silent], leaves[2].grad[~silent])
+    return result
 
 
 def compare_penalty(device="cpu", n: int = 5000) -> dict:
@@ -241,6 +252,7 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "dropout": ("if_layer", dropout_statistics),
     "pool_channels_last": ("pool", compare_pool),
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
+    "pool_gated": ("pool", lambda device: compare_pool(device, gate=True)),
     "penalty": ("penalty", compare_penalty),
     "quantize": ("quantize", compare_quantizer),
 }
@@ -264,8 +276,10 @@ def layer_check_ok(name: str, r: dict) -> bool:
                 and r["fresh_mask_per_call"] and r["outputs_equal_given_mask"]
                 and r["grad_rel_error_given_mask"] < 1e-5 and r["p0_equals_no_dropout"])
     if name.startswith("pool"):
+        gated = "silent_windows" not in r or (
+            r["silent_windows"] > 0 and r["silent_windows_zero"] and r["active_windows_equal_ungated"])
         return (r["outputs_equal"] and r["layout_kept"] and r["grad_rel_error"] < 1e-6
-                and r["arbitrary_weights_rel_error"] < 1e-6)
+                and r["arbitrary_weights_rel_error"] < 1e-6 and gated)
     if name == "penalty":
         return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5)
     if name == "quantize":

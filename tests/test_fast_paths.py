@@ -60,6 +60,47 @@ def test_vgg_with_initial_potential_and_channels_last():
     check(compare_exactly(model, torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)))
 
 
+def test_vgg_with_pool_gate():
+    torch.manual_seed(5)
+    check(compare_exactly(tiny_vgg().set_pool_gate(True), torch.randn(2, 3, 32, 32)))
+
+
+def _last_pool_input_grad(model, x):
+    """The gradient reaching the last pooling layer's input spikes, and those spikes."""
+    pool = [layer for layer in model.features if layer.is_pool][-1]
+    seen = {}
+
+    def keep(module, args):
+        args[0].retain_grad()
+        seen["input"] = args[0]
+
+    handle = pool.conv.register_forward_pre_hook(keep)
+    try:
+        model.zero_grad(set_to_none=True)
+        model.forward_steps(x).sum().backward()
+    finally:
+        handle.remove()
+    return seen["input"].grad, seen["input"].detach()
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_pool_gate_zeroes_the_gradient_of_silent_windows_only(backend):
+    """The original's ReLU after the pooling conv: the gradient reaching a pool's inputs is zero where
+    the 2x2 window held no spike at that step, and the ungated gradient everywhere else."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 32, 32)
+    model = wake_up(tiny_vgg(T=4), x).set_backend(backend).eval()
+    ungated, spikes = _last_pool_input_grad(model.set_pool_gate(False), x)
+    gated, same_spikes = _last_pool_input_grad(model.set_pool_gate(True), x)
+    assert torch.equal(spikes, same_spikes), "the gate changed the forward pass"
+    pooled = torch.nn.functional.avg_pool2d(spikes.flatten(0, 1), 2).unflatten(0, spikes.shape[:2])
+    silent = (pooled == 0).repeat_interleave(2, -2).repeat_interleave(2, -1)
+    assert 0 < silent.float().mean() < 1, "the test needs both silent and active windows"
+    assert ungated[silent].abs().sum() > 0, "the ungated gradient must reach silent windows"
+    assert torch.equal(gated[silent], torch.zeros_like(gated[silent]))
+    assert torch.equal(gated[~silent], ungated[~silent])
+
+
 def test_cnn7_family():
     torch.manual_seed(2)
     check(compare_exactly(qsnn_zoo.create_model("cnn7_cifar10_bin_stbp", T=2), torch.randn(1, 3, 32, 32)))

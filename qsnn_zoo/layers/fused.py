@@ -317,7 +317,7 @@ if triton is not None:
 
     @triton.jit
     def _pool_forward_kernel(x_ptr, w_ptr, y_ptr, total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr,
-                             BLOCK: tl.constexpr):
+                             GATE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: T*B images overflow int32
         mask = offs < total
         base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
@@ -327,16 +327,20 @@ if triton is not None:
         y = y + tl.load(x_ptr + base + sh, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 2, mask=mask, other=0.0)
         y = y + tl.load(x_ptr + base + sh + sw, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 3, mask=mask,
                                                                                                  other=0.0)
+        if GATE:
+            y = tl.maximum(y, 0.0)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _pool_backward_kernel(gy_ptr, w_ptr, gx_ptr, total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr,
-                              BLOCK: tl.constexpr):
+    def _pool_backward_kernel(gy_ptr, y_ptr, w_ptr, gx_ptr, total, C, Ho, Wo, sn, sc, sh, sw,
+                              CHANNELS_LAST: tl.constexpr, GATE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < total
         base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
         w = w_ptr + 4 * c
         g = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if GATE:  # ReLU's derivative on the pooled current: 0 where it is not positive
+            g = tl.where(tl.load(y_ptr + offs, mask=mask, other=0.0) > 0, g, 0.0)
         dtype = gx_ptr.dtype.element_ty
         tl.store(gx_ptr + base, (g * tl.load(w, mask=mask, other=0.0)).to(dtype), mask=mask)
         tl.store(gx_ptr + base + sw, (g * tl.load(w + 1, mask=mask, other=0.0)).to(dtype), mask=mask)
@@ -539,27 +543,29 @@ def _pool_geometry(x: torch.Tensor, out: torch.Tensor):
 
 class _AvgPoolConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, gate):
         B, C, H, W = x.shape
         out = torch.empty((B, C, H // 2, W // 2), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
         w = weight.detach().to(torch.float32).reshape(C, 4).contiguous()
         geometry, channels_last = _pool_geometry(x, out)
-        _pool_forward_kernel[_grid(out.numel())](x, w, out, *geometry, CHANNELS_LAST=channels_last, BLOCK=BLOCK,
-                                                 **_LAUNCH)
-        ctx.save_for_backward(w)
+        _pool_forward_kernel[_grid(out.numel())](x, w, out, *geometry, CHANNELS_LAST=channels_last, GATE=gate,
+                                                 BLOCK=BLOCK, **_LAUNCH)
+        # The gate needs the pooled current in the backward: a quarter of the input's size.
+        ctx.save_for_backward(w, out if gate else w)
+        ctx.gate = gate
         ctx.input_meta = (x.shape, x.dtype, _memory_format(x))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (w,) = ctx.saved_tensors
+        w, out = ctx.saved_tensors
         shape, dtype, memory_format = ctx.input_meta
         grad_out = grad_out.contiguous(memory_format=memory_format)
         grad_x = torch.empty(shape, dtype=dtype, device=grad_out.device, memory_format=memory_format)
         geometry, channels_last = _pool_geometry(grad_x, grad_out)
-        _pool_backward_kernel[_grid(grad_out.numel())](grad_out, w, grad_x, *geometry, CHANNELS_LAST=channels_last,
-                                                       BLOCK=BLOCK, **_LAUNCH)
-        return grad_x, None
+        _pool_backward_kernel[_grid(grad_out.numel())](grad_out, out, w, grad_x, *geometry, CHANNELS_LAST=channels_last,
+                                                       GATE=ctx.gate, BLOCK=BLOCK, **_LAUNCH)
+        return grad_x, None, None
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -643,9 +649,10 @@ def if_soft_reset_layer(
                              float(dropout), seed)
 
 
-def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor, gate: bool = False) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=2, groups=C)`` for SNN-Calibration's 2x2 AvgPoolConv (``weight``
-    ``[C, 1, 2, 2]``, frozen) as one elementwise pass instead of cuDNN's slow grouped kernel.
+    ``[C, 1, 2, 2]``, frozen) as one elementwise pass instead of cuDNN's slow grouped kernel; with
+    ``gate``, ``F.relu`` of it (:func:`qsnn_zoo.models.vgg.gated_pool`).
 
     The kernel sums the four taps in a fixed order, so it equals the convolution within rounding;
     exactly when a channel's four weights are equal and its inputs are spikes of one value (the
@@ -660,10 +667,11 @@ def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         and not weight.requires_grad  # the kernel gives no weight gradient: the pool weights are frozen
     )
     if not usable:
-        return torch.nn.functional.conv2d(x, weight, stride=2, groups=x.shape[1])
+        pooled = torch.nn.functional.conv2d(x, weight, stride=2, groups=x.shape[1])
+        return torch.nn.functional.relu(pooled) if gate else pooled
     if not _dense_slab(x):
         x = x.contiguous()
-    return _AvgPoolConvFunction.apply(x, weight)
+    return _AvgPoolConvFunction.apply(x, weight, gate)
 
 
 def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: torch.Tensor, mode: str,

@@ -31,6 +31,11 @@ class VGGLayer(nn.Module):
 
     ``calib_bias`` is the light-calibration correction (SPEC E.3 step 5); it applies to the SNN
     form only, so the ANN form stays the trained ANN.
+
+    ``gate`` (pooling layers): the pooled current goes through a ReLU before the neuron, as in the
+    original SNN-Calibration code. The pooled current of spikes is never negative, so the forward
+    pass is unchanged, but ReLU's derivative is 0 at 0: no gradient reaches a 2x2 window that
+    holds no spike at that step.
     """
 
     def __init__(self, conv: nn.Conv2d, norm: nn.Module, neuron: IFNeuron, dropout: float) -> None:
@@ -39,6 +44,7 @@ class VGGLayer(nn.Module):
         self.norm = norm
         self.neuron = neuron
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.gate = False
         self.register_buffer("calib_bias", torch.zeros(conv.out_channels))
 
     @property
@@ -46,7 +52,10 @@ class VGGLayer(nn.Module):
         return self.conv.groups > 1
 
     def synapse(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x)) + self.calib_bias.view(-1, 1, 1).to(x.dtype)
+        current = self.conv(x)
+        if self.gate:
+            current = F.relu(current)
+        return self.norm(current) + self.calib_bias.view(-1, 1, 1).to(x.dtype)
 
     def ann(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(F.relu(self.norm(self.conv(x))))
@@ -79,7 +88,7 @@ class VGGLayer(nn.Module):
         weight = conv.quantized_weight() if is_quantized(conv) else conv.weight
 
         def synapse(z: torch.Tensor) -> torch.Tensor:
-            return fused.avg_pool_conv(z, weight) if self.is_pool else conv._conv_forward(z, weight, None)
+            return fused.avg_pool_conv(z, weight, self.gate) if self.is_pool else conv._conv_forward(z, weight, None)
 
         current = over_time(synapse, x, True) if T is None else constant_over_time(synapse, x, T, True)
         n = self.neuron
@@ -114,6 +123,7 @@ class SpikingVGG(SpikingModel):
         alpha: float = 2.0,
         mode: str = "snn",
         cfg=VGG16_CFG,
+        pool_gate: bool = False,
     ) -> None:
         super().__init__()
         self.T = T
@@ -136,7 +146,19 @@ class SpikingVGG(SpikingModel):
         self.features = nn.ModuleList(layers)
         self.classifier = nn.Linear(in_channels * size * size, num_classes)
         self.set_mode(mode)
+        self.set_pool_gate(pool_gate)
         self._init_weights()
+
+    @property
+    def pool_gate(self) -> bool:
+        return any(layer.gate for layer in self.features)
+
+    def set_pool_gate(self, on: bool) -> "SpikingVGG":
+        """The original code's backward through the pooling layers (:class:`VGGLayer`'s ``gate``):
+        a training setting, since the forward pass is the same either way."""
+        for layer in self.features:
+            layer.gate = bool(on) and layer.is_pool
+        return self
 
     def set_mode(self, mode: str) -> "SpikingVGG":
         if mode not in MODES:

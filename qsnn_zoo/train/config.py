@@ -52,6 +52,7 @@ class Recipe:
     trial: int = 0
     calib: str = "light"
     calib_batches: int = 7  # threshold search sees 7 augmented batches of 128 (SPEC E.3, G.5)
+    pool_gate: bool = False  # SNN-Calibration CBP: the original's ReLU-gated backward through the pooling layers
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +201,8 @@ RECIPE_HELP = {
     "T": "simulation length (default: the registry entry's)",
     "trial": "SNN-Calibration trial i; seed = 1000 + i (SPEC E.5)",
     "use_bn": "SNN-Calibration: train the VGG16 ANN with BatchNorm (folded before conversion)",
+    "pool_gate": "SNN-Calibration CBP: no gradient through a 2x2 pooling window without a spike, as the original "
+    "code's ReLU after each pooling layer gives (forward unchanged)",
 }
 RUN_HELP = {
     "data": "CIFAR directory: the .npz bundle or torchvision's extracted folders",

@@ -418,7 +418,7 @@ def quantized_child(run: Run, parent_model: nn.Module) -> nn.Module:
     if run.entry.method == "calib":
         from ..convert import to_unit_threshold_snn
 
-        model = to_unit_threshold_snn(parent_model, quant=run.entry.quant.mode)
+        model = to_unit_threshold_snn(parent_model, quant=run.entry.quant.mode).set_pool_gate(run.recipe.pool_gate)
         model.entry = run.entry
         return model.to(run.device).set_backend(run.options.backend)
     model = _build(run, run.name)
