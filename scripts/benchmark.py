@@ -214,10 +214,12 @@ def training_stage(name: str) -> Optional[str]:
     return None if stage == "calib_convert" else stage
 
 
-def make_train_step(model: nn.Module, name: str, variant: str, device: torch.device, batch: int):
-    """One step of the entry's recipe with the training code of ``qsnn_zoo.train``; graph variants
-    replay it (the first GRAPH_WARMUP_STEPS calls warm up and capture)."""
-    recipe = recipe_for(name, training_stage(name))
+def make_train_step(model: nn.Module, name: str, variant: str, device: torch.device, batch: int,
+                    stage: Optional[str] = None):
+    """One step of the entry's recipe (of ``stage``, default the SNN's training stage) with the
+    training code of ``qsnn_zoo.train``; graph variants replay it (the first GRAPH_WARMUP_STEPS
+    calls warm up and capture)."""
+    recipe = recipe_for(name, stage or training_stage(name))
     optimizer = make_optimizer(model, recipe)
     cbp = None
     if get_entry(name).quant.mode is not None:

@@ -28,3 +28,36 @@ def test_each_gpu_is_held_to_its_own_anchors():
     vgg_step = benchmark.ANCHORS[("vgg16_cifar10_bin_calib", "train")]
     assert abs(benchmark.target_s(vgg_step, "H100") - 0.045) < 5e-4  # the H100 target
     assert abs(benchmark.target_s(vgg_step, "H200") - 0.436 / 8.8) < 1e-12
+
+
+def test_stage_benchmark_times_whole_epochs_and_projects_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(script("benchmark").__file__).rsplit("/", 1)[0])  # it imports its sibling
+    stages = script("benchmark_stages")
+    code = stages.main(["--device", "cpu", "--quick", "--stages", "tssl_fp32", "calib_ann", "--no-spikingjelly",
+                        "--no-concurrency", "--out", str(tmp_path), "--stem", "cpu"])
+    assert code == 0
+    report = json.loads((tmp_path / "cpu.json").read_text())
+    tssl = report["stages"]["tssl_fp32"]
+    assert tssl["epochs_run"] == 2 and tssl["schedule_epochs"] == 150 and len(tssl["epoch_s"]) == 2
+    p = tssl["projection"]
+    expected = tssl["epoch_s"][0] + 149 * tssl["epoch_s"][1] + tssl["wall_s"] - sum(tssl["epoch_s"])
+    assert abs(p["projected_s"] - expected) < 1e-9 and p["step_s"] > 0
+    assert report["stages"]["calib_ann"]["convert_s"] > 0  # the ANN stage's time includes its conversion
+    assert {t["target"] for t in report["targets"]} == {"tssl_fp32", "calib_ann"}
+    assert "| tssl_fp32 | alexnet_cifar10_fp32_tsslbp |" in (tmp_path / "cpu.md").read_text()
+
+
+def test_spikingjelly_neurons_replace_ours_with_the_same_dynamics():
+    pytest = __import__("pytest")
+    pytest.importorskip("spikingjelly")
+    import torch
+    from qsnn_zoo.layers.neurons import IFNeuron, LIFNeuron
+
+    stages = script("benchmark_stages")
+    x = torch.randn(6, 4, 50)
+    for ours in (IFNeuron(T=6, threshold=1.0), LIFNeuron(threshold=0.5, decay=0.25, lens=0.5)):
+        holder = torch.nn.Sequential(ours)
+        expected = ours(x)
+        theirs = stages.with_spikingjelly_neurons(holder)[0]
+        assert isinstance(theirs, stages.SpikingJellyNeuron)
+        assert torch.equal(theirs(x), expected) and torch.equal(theirs(x), expected)  # no state kept between calls

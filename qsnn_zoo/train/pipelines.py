@@ -237,6 +237,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         record: Dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         record.update(train_epoch(forward, model, loader, optimizer, rule, info, run.device, cbp,
                                   progress=opts.progress, desc=f"{run.name} {epoch + 1}/{recipe.epochs}", step=step))
+        record["train_seconds"] = time.perf_counter() - started  # train_epoch ends reading its sums back
         if cbp is not None:
             record["g_advanced"] = cbp.end_epoch(record["lagsum"])
             record.update(cbp.stats())
