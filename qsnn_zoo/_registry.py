@@ -184,13 +184,6 @@ def register_entry(entry: ModelEntry, builder: Callable[..., Any]) -> ModelEntry
     return entry
 
 
-def update_entry(name: str, **changes: Any) -> ModelEntry:
-    """Replaces fields of a registered entry (used when a family's table is amended at import)."""
-    entry = replace(get_entry(name), **changes)
-    _ENTRIES[name] = entry
-    return entry
-
-
 def iter_entries() -> Iterator[ModelEntry]:
     for name in sorted(_ENTRIES):
         yield _ENTRIES[name]

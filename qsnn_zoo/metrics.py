@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._builder import create_model
 from .data import ImageSet, to_tensor
 from .layers.neurons import SpikingNeuron
 from .layers.quant import is_quantized
@@ -318,8 +319,6 @@ def weight_memory(model: nn.Module) -> Dict[str, Any]:
 
 def entry_weight_memory(name: str, **overrides: Any) -> Dict[str, Any]:
     """:func:`weight_memory` of registry entry ``name``, built on the meta device (no memory, no init)."""
-    from . import create_model
-
     with torch.device("meta"):
         model = create_model(name, **overrides)
     return weight_memory(model)

@@ -15,7 +15,6 @@ from typing import Any, Dict, Optional, Tuple, get_args, get_origin, get_type_hi
 
 from .._registry import get_entry
 
-STAGES = ("stbp_fp32", "stbp_cbp", "tssl_fp32", "tssl_cbp", "calib_ann", "calib_convert", "calib_cbp")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".data" / "cifar10"
 
 

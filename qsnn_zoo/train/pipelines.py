@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import create_model
+from .._builder import create_model
 from .._registry import ModelEntry, get_entry
 from ..cbp import CBP
 from ..data import ImageSet, load_cifar
