@@ -9,10 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo.cards import REPO_ROOT, expected_files, orphan_cards, stale_files  # noqa: E402
-from qsnn_zoo.weights import atomic_write  # noqa: E402
+from qsnn_zoo.cards import REPO_ROOT, expected_files, orphan_cards, stale_files
+from qsnn_zoo.weights import atomic_write
 
 
 def write_all() -> None:

@@ -23,18 +23,16 @@ cannot be brought to this machine, --weights takes instead the JSON that
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from qsnn_zoo import get_entry  # noqa: E402
-from qsnn_zoo._registry import PUBLISHED_FILE  # noqa: E402
-from qsnn_zoo.hub import REPO_CHECKPOINTS  # noqa: E402
-from qsnn_zoo.metrics import metric_records  # noqa: E402
-from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file  # noqa: E402
+from qsnn_zoo import get_entry
+from qsnn_zoo._registry import PUBLISHED_FILE
+from qsnn_zoo.hub import REPO_CHECKPOINTS
+from qsnn_zoo.metrics import metric_records
+from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "summary.json")
 

@@ -11,13 +11,10 @@ summary.json}; --resume continues an interrupted run.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo import get_entry  # noqa: E402
-from qsnn_zoo.train import runner  # noqa: E402
-from qsnn_zoo.train.config import recipe_overrides  # noqa: E402
+from qsnn_zoo import get_entry
+from qsnn_zoo.train import runner
+from qsnn_zoo.train.config import recipe_overrides
 
 
 def quantized_name(name: str, quant: str | None) -> str:
