@@ -55,6 +55,30 @@ class Recipe:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def settings(self, entry_T: int) -> Dict[str, Any]:
+        """The settings that act in this stage, with T resolved: what ``--show-recipe`` prints.
+
+        A field that only another optimizer, schedule or pipeline reads (momentum under AdamW, the CBP
+        multiplier settings in an fp32 stage, SNN-Calibration's conversion settings elsewhere) is left
+        out, so the printout never suggests that it changes this run.
+        """
+        settings = {**self.to_dict(), "T": self.T or entry_T}
+        for name, acts in _SETTING_ACTS.items():
+            if name in settings and not acts(self):
+                del settings[name]
+        return settings
+
+
+# When a setting acts; settings not named here act in every stage.
+_SETTING_ACTS = {
+    "momentum": lambda r: r.optimizer == "sgd",
+    "lr_drop_fractions": lambda r: r.lr_schedule == "multistep",
+    "grad_clip_max": lambda r: r.grad_clip != "none",
+    "weight_clamp": lambda r: r.weight_clamp is not None,
+    **{name: lambda r: r.stage.endswith("_cbp") for name in ("lambda_optimizer", "lambda_lr", "period_max", "drop_lr_at_g20")},
+    **{name: lambda r: r.stage.startswith("calib_") for name in ("use_bn", "trial", "calib", "calib_batches")},
+}
+
 
 @dataclass(frozen=True)
 class RunOptions:

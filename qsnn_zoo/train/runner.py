@@ -29,7 +29,7 @@ def print_recipes(name: str, overrides: Dict) -> None:
     for stage in stages_for(name):
         recipe = apply_overrides(recipe_for(name, stage, use_bn=overrides.get("use_bn", False)), overrides)
         print(f"{name} / {stage}")
-        for key, value in recipe.to_dict().items():
+        for key, value in recipe.settings(get_entry(name).T).items():
             print(f"  {key:<18} {value}")
 
 
