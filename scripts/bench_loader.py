@@ -30,7 +30,7 @@ AUGMENT_SETS = {
     "none": (),
     "crop_flip": ("crop_flip",),  # STBP, TSSL-BP
     "crop_flip+cutout": ("crop_flip", "cutout"),
-    "crop_flip+autoaugment+cutout": ("crop_flip", "autoaugment", "cutout"),  # SNN-Calibration (SPEC E.2)
+    "crop_flip+autoaugment+cutout": ("crop_flip", "autoaugment", "cutout"),  # SNN-Calibration (docs/method.md §E.2)
 }
 
 

@@ -1,4 +1,4 @@
-"""Quantizes an fp32 network to binary or ternary weights with CBP (SPEC B) and its pipeline's recipe.
+"""Quantizes an fp32 network to binary or ternary weights with CBP (docs/method.md §B) and its pipeline's recipe.
 
     python scripts/quantize_cbp.py cnn7_cifar10_fp32_stbp --quant bin
     python scripts/quantize_cbp.py vgg16_cifar10_fp32_calib --quant ter --parent-weights my_snn.safetensors

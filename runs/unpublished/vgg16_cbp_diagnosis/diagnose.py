@@ -1,4 +1,4 @@
-"""Why do the VGG16 CBP children (SPEC E.4) not train? Small CPU measurements of the CBP start.
+"""Why do the VGG16 CBP children (docs/method.md §E.4) not train? Small CPU measurements of the CBP start.
 
 Usage (from the repository root; one process at a time, one thread):
 
