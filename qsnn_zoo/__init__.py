@@ -1,22 +1,12 @@
 """qsnn-zoo: pretrained binary and ternary spiking neural networks (CBP-QSNN) for PyTorch."""
 from __future__ import annotations
 
-from typing import Any
-
 from . import models  # noqa: F401  (registers every model family)
+from ._builder import create_model
 from ._registry import ModelEntry, UnknownModelError, get_entry, list_models, model_info
 from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
-
-
-def create_model(name: str, pretrained: bool = False, **overrides: Any):
-    """Builds registry entry ``name``; ``pretrained=True`` loads its published weights.
-
-    ``overrides`` change the architecture's arguments (``T``, ``num_classes`` ...); ``weights=PATH``
-    loads a given file or directory; ``cache_dir`` is passed to the Hub download.
-    """
-    return get_entry(name).builder(pretrained=pretrained, **overrides)
 
 
 def _register_with_timm() -> None:

@@ -9,6 +9,15 @@ from torch import nn
 
 from ._registry import get_entry
 
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Builds registry entry ``name``; ``pretrained=True`` loads its published weights.
+
+    ``overrides`` change the architecture's arguments (``T``, ``num_classes`` ...); ``weights=PATH``
+    loads a given file or directory; ``cache_dir`` is passed to the Hub download.
+    """
+    return get_entry(name).builder(pretrained=pretrained, **overrides)
+
+
 # Passed by timm.create_model to every entrypoint; qsnn-zoo's records replace timm's configs.
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay")
 

@@ -39,7 +39,7 @@ class NeuronSpec:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Which layers are quantized and how (SPEC B.1-B.2)."""
+    """Which layers are quantized and how (docs/method.md §B.1-B.2)."""
 
     mode: Optional[str]  # None (fp32), "bin" {-s,+s}, "ter" {-s,0,+s}
     quantized_layers: Tuple[str, ...]
@@ -108,7 +108,7 @@ class ModelEntry:
     metrics: Tuple[Metric, ...] = ()
     paper_claim: str = ""
     recipe: str = ""
-    # How the published weights' run departs from SPEC.md's recipe (shorter schedule, options).
+    # How the published weights' run departs from the entry's full recipe (docs/method.md) (shorter schedule, options).
     training_notes: Tuple[str, ...] = ()
     description: str = ""
     license: str = "apache-2.0"
@@ -184,9 +184,10 @@ def register_entry(entry: ModelEntry, builder: Callable[..., Any]) -> ModelEntry
     return entry
 
 
-def update_entry(name: str, **changes: Any) -> ModelEntry:
-    """Replaces fields of a registered entry (used when a family's table is amended at import)."""
-    entry = replace(get_entry(name), **changes)
+def publish_record(name: str, record: Mapping[str, Any]) -> ModelEntry:
+    """Makes ``record`` the published record of ``name`` in this process, as if read from
+    ``published.json`` at import: ``scripts/publish.py`` writes the cards from it right after."""
+    entry = _with_published(get_entry(name), record)
     _ENTRIES[name] = entry
     return entry
 

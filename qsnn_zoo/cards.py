@@ -61,9 +61,9 @@ def _bytes(size: int) -> str:
 
 
 def _make_command(entry: ModelEntry) -> str:
-    """The recipe that made the entry's measured file, and SPEC's full one when that differs."""
+    """The recipe that made the entry's measured file, and the full one (docs/method.md) when that differs."""
     full = default_recipe(entry.name)
-    return f"`{full}`" if entry.recipe == full else f"`{entry.recipe}` (`{full}` runs SPEC's full recipe)"
+    return f"`{full}`" if entry.recipe == full else f"`{entry.recipe}` (`{full}` runs the full recipe)"
 
 
 def _training_plots(entry: ModelEntry) -> List[Path]:
@@ -196,7 +196,7 @@ def memory(entry: ModelEntry) -> str:
         f"({100 * m['fraction_of_fp32']:.2f} % of the same weights in fp32, {m['fp32_weight_mb']:.2f} MB).",
     ]
     if entry.quant.mode == "ter":
-        lines.append(f"- With ternary weights at 2 bits each (SPEC A's table): {m['weight_mb_2bit_ternary']:.2f} MB.")
+        lines.append(f"- With ternary weights at 2 bits each (docs/method.md §A.3's table): {m['weight_mb_2bit_ternary']:.2f} MB.")
     lines.append(f"- With biases and per-layer scales: {m['total_bytes']:,.0f} bytes = {m['total_mb']:.2f} MB.")
     if entry.weights is not None:
         lines.append(f"- Weights file on disk: {_bytes(entry.weights.size)}.")
@@ -282,7 +282,7 @@ def reproduce(entry: ModelEntry) -> str:
         made = "The measured file (not committed) was made with:" if entry.made_file else "The published weights were made with:"
         lines = ["## Reproduce", "", made, "", _fence("bash", entry.recipe), ""]
         lines += [f"- {note}" for note in entry.training_notes]
-        lines += ["", "SPEC.md's full recipe (the paper's schedule):", "", _fence("bash", full), ""]
+        lines += ["", "The full recipe, the original's schedule ([docs/method.md](../docs/method.md)):", "", _fence("bash", full), ""]
     if entry.parent:
         lines.append(f"It starts from the weights of [{entry.parent}]({entry.parent}.md).")
     lines.append("Every step and setting is described in [docs/reproduce.md](../docs/reproduce.md).")

@@ -1,4 +1,4 @@
-"""CBP: constrained backpropagation with pseudo-Lagrange multipliers (SPEC B).
+"""CBP: constrained backpropagation with pseudo-Lagrange multipliers (docs/method.md §B).
 
 Works on any model whose quantized layers are :class:`~qsnn_zoo.layers.quant.QuantConv2d` or
 :class:`~qsnn_zoo.layers.quant.QuantLinear`. The weight step adds ``penalty()`` = sum of lambda * C_g(W)
@@ -17,12 +17,12 @@ from .layers import fused
 from .layers.quant import QUANT_MODES, quantized_modules
 
 LAGSUM_START = 1e10  # the code's "lagsum_max": any first epoch counts as a decrease
-G_LR_DROP = 20  # the learning rate drops once, when g reaches 20 (SPEC B.5)
+G_LR_DROP = 20  # the learning rate drops once, when g reaches 20 (docs/method.md §B.5)
 OFF_LEVEL_TOLERANCE = 0.01  # relative to the half-gap: latent weights never sit exactly on a level
 
 
 def _geometry(mode: str, scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(level gap, half-gap h) of ``mode`` at ``scale`` (SPEC B.1)."""
+    """(level gap, half-gap h) of ``mode`` at ``scale`` (docs/method.md §B.1)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {mode!r}")
     gap = 2 * scale if mode == "bin" else scale
@@ -49,7 +49,7 @@ def level_distance(w: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Ten
 
 
 def constraint_value(w: torch.Tensor, scale: torch.Tensor, mode: str, u: float) -> torch.Tensor:
-    """C_g(w) of SPEC B.3 element-wise, for the window u = 1 - 1/g (u = 1: no window, the CFS form)."""
+    """C_g(w) of docs/method.md §B.3 element-wise, for the window u = 1 - 1/g (u = 1: no window, the CFS form)."""
     _, half = _geometry(mode, scale)
     outside = (w.abs() - scale).clamp_min(0)
     d = _inside_distance(w, scale, mode)
@@ -58,7 +58,7 @@ def constraint_value(w: torch.Tensor, scale: torch.Tensor, mode: str, u: float) 
 
 
 def constraint_grad(w: torch.Tensor, scale: torch.Tensor, mode: str, u: float) -> torch.Tensor:
-    """dC/dw exactly as the original code's backward returns it (SPEC B.3), +2 at w >= q_K included."""
+    """dC/dw exactly as the original code's backward returns it (docs/method.md §B.3), +2 at w >= q_K included."""
     gap, half = _geometry(mode, scale)
     x = _offset_in_interval(w, scale, mode)
     grad = torch.where(x < u * half, 2.0, torch.where(x >= gap - u * half, -2.0, 0.0)).to(w.dtype)
@@ -85,12 +85,12 @@ def window(g: int) -> float:
 
 
 def constraint(w: torch.Tensor, scale: torch.Tensor, mode: str, g: int) -> torch.Tensor:
-    """C_g(w) element-wise, differentiable in ``w`` with the gradient of SPEC B.3 (none to ``scale``)."""
+    """C_g(w) element-wise, differentiable in ``w`` with the gradient of docs/method.md §B.3 (none to ``scale``)."""
     return _Constraint.apply(w, scale.detach(), mode, window(g))
 
 
 def next_g(g: int) -> int:
-    """1, 2, ..., 10, 20, 30, ... (SPEC B.5)."""
+    """1, 2, ..., 10, 20, 30, ... (docs/method.md §B.5)."""
     return g + 1 if g < 10 else g + 10
 
 
@@ -98,9 +98,9 @@ class CBP:
     """State and updates of CBP for one model.
 
     ``weight_optimizer`` is the optimizer of the network weights; its learning rates are multiplied by
-    0.1 once, when g reaches 20, if ``drop_lr_at_g20`` (all pipelines but TSSL-BP, SPEC B.7).
+    0.1 once, when g reaches 20, if ``drop_lr_at_g20`` (all pipelines but TSSL-BP, docs/method.md §B.7).
     ``lambda_optimizer`` is "adam" or "adamw" (TSSL-BP; PyTorch's default weight decay 0.01 then acts
-    on the multipliers too, SPEC G.4).
+    on the multipliers too, docs/method.md §C.5).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class CBP:
         self.period_max = period_max
         self.drop_lr_at_g20 = drop_lr_at_g20
         self.weight_clamp = weight_clamp
-        # One multiplier per quantized weight, outside the network's parameters (SPEC B.4).
+        # One multiplier per quantized weight, outside the network's parameters (docs/method.md §B.4).
         self.multipliers: Dict[str, torch.Tensor] = {
             name: torch.zeros_like(m.weight, requires_grad=True) for name, m in self.layers
         }
@@ -145,7 +145,7 @@ class CBP:
         return window(self.g)
 
     def penalty(self) -> torch.Tensor:
-        """sum over quantized layers of lambda * C_g(W), lambda held constant (SPEC B.4)."""
+        """sum over quantized layers of lambda * C_g(W), lambda held constant (docs/method.md §B.4)."""
         total = None
         for name, m in self.layers:
             lam = self.multipliers[name].detach()
@@ -158,7 +158,7 @@ class CBP:
 
     @torch.no_grad()
     def lambda_update(self) -> None:
-        """One ascent step on the Lagrangian in lambda: d(-sum lambda C)/d lambda = -C(W) (SPEC B.5)."""
+        """One ascent step on the Lagrangian in lambda: d(-sum lambda C)/d lambda = -C(W) (docs/method.md §B.5)."""
         u = self.u
         for name, m in self.layers:
             self.multipliers[name].grad = -constraint_value(m.weight.detach(), m.scale, m.quant, u)
@@ -191,13 +191,13 @@ class CBP:
 
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Latent quantized weights into [-1, 1], absolute, independent of the scale (SPEC B.4, G.3)."""
+        """Latent quantized weights into [-1, 1], absolute, independent of the scale (docs/method.md §B.4)."""
         for _, m in self.layers:
             m.weight.clamp_(-self.weight_clamp, self.weight_clamp)
 
     @torch.no_grad()
     def stats(self) -> Dict[str, Any]:
-        """CFS (SPEC B.6), weights off their level, g, u, period and multiplier statistics.
+        """CFS (docs/method.md §B.6), weights off their level, g, u, period and multiplier statistics.
 
         Called once per epoch: it reads values back to the host.
         """

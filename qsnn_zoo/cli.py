@@ -132,7 +132,7 @@ def _weights_path(entry: ModelEntry, weights: Optional[str]) -> Path:
 
 def _load_model(entry: ModelEntry, args: argparse.Namespace):
     """``(model, weights record)``: the entry built with real weights, and where they came from."""
-    from . import create_model
+    from ._builder import create_model
 
     path = _weights_path(entry, args.weights)
     sha256 = sha256_of(path)

@@ -1,8 +1,8 @@
-"""ANN-to-SNN conversion of :class:`~qsnn_zoo.models.vgg.SpikingVGG` (SNN-Calibration, SPEC E.3).
+"""ANN-to-SNN conversion of :class:`~qsnn_zoo.models.vgg.SpikingVGG` (SNN-Calibration, docs/method.md §E.3).
 
 The steps, each a function: fold BatchNorm into the convs (step 1), search one threshold per
 spiking layer (step 3), correct the per-channel bias of the SNN in forward order (step 5, "light"
-calibration), and rescale to unit thresholds (step 7) for the quantized children (SPEC E.4).
+calibration), and rescale to unit thresholds (step 6) for the quantized children (docs/method.md §E.4).
 :func:`convert_ann_to_snn` runs steps 1, 3 and 5 and gives the fp32 entry's published form.
 No training happens here: every function runs under ``torch.no_grad`` with dropout off.
 """
@@ -19,7 +19,7 @@ from .layers.time import constant_over_time, over_time
 from .models.vgg import SpikingVGG
 
 CALIB_MODES = ("light", "none")
-NUM_CANDIDATES = 95  # V_i = max(a) * (1 - 0.01 i), i = 0..94 (SPEC E.3 step 3)
+NUM_CANDIDATES = 95  # V_i = max(a) * (1 - 0.01 i), i = 0..94 (docs/method.md §E.3 step 3)
 # Elements of the [candidates, activations] error table evaluated at once: 2^25 float32 values are
 # 128 MiB, so VGG16's first layer at batch 128 (8.4M activations) takes 4 candidates per pass.
 CANDIDATE_TABLE_ELEMENTS = 1 << 25
@@ -51,7 +51,7 @@ def _check_vgg(model: nn.Module) -> None:
 
 @torch.no_grad()
 def fold_bn_(model: SpikingVGG) -> SpikingVGG:
-    """Folds every BatchNorm2d into its conv and replaces it by Identity (SPEC E.3 step 1).
+    """Folds every BatchNorm2d into its conv and replaces it by Identity (docs/method.md §E.3 step 1).
 
     W' = W * gamma / sqrt(var + eps) per output channel, b' = gamma * (b - mu) / sqrt(var + eps) + beta.
     Exact for the eval-mode network (BN with running statistics).
@@ -85,7 +85,7 @@ def quantization_error(a: torch.Tensor, thresholds: torch.Tensor, T: int) -> tor
 
 
 def best_threshold(a: torch.Tensor, T: int, calib: str = "light") -> torch.Tensor:
-    """The threshold of one batch of post-ReLU activations ``a`` (SPEC E.3 step 3).
+    """The threshold of one batch of post-ReLU activations ``a`` (docs/method.md §E.3 step 3).
 
     ``"light"``: the candidate V_i = max(a)(1 - 0.01 i), i = 0..94, of least quantization error;
     ``"none"``: max(a).
@@ -108,7 +108,7 @@ def search_thresholds(
 ) -> List[float]:
     """Sets each spiking layer's ``neuron.threshold`` from ANN activations on ``batches``.
 
-    SPEC E.3 step 3: per batch and layer, :func:`best_threshold` of the post-ReLU output of the
+    docs/method.md §E.3 step 3: per batch and layer, :func:`best_threshold` of the post-ReLU output of the
     ANN; across batches V <- momentum V + (1 - momentum) V_batch, the first batch initialising V.
     SNN-Calibration uses 7 augmented training batches of 128. Returns the thresholds in layer order.
     """
@@ -143,13 +143,13 @@ def _layer_spikes(model: SpikingVGG, index: int, inputs: torch.Tensor) -> torch.
 
 
 def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
-    """SPEC E.3 step 5: per-channel bias correction of the SNN, layer by layer in forward order.
+    """docs/method.md §E.3 step 5: per-channel bias correction of the SNN, layer by layer in forward order.
 
     For each layer, with the earlier layers already corrected: e_c = mean(r_c) - mean(o_c), where
     o is the ANN's post-ReLU output and r the SNN's spikes averaged over T, means over batch and
     space; then ``calib_bias -= e``. ``calib_bias`` acts in SNN mode only, so the ANN stays exact.
     Unlike the original, the AvgPoolConv layers keep their corrections: the original stores them
-    as plain attributes that never reach the state dict and are lost (SPEC G.5); here they are
+    as plain attributes that never reach the state dict and are lost (docs/method.md §F.3); here they are
     buffers, saved with the model, so the published SNN is the one that was calibrated.
     Returns the corrections e per layer.
     """
@@ -212,17 +212,17 @@ def _dropout_p(model: SpikingVGG) -> float:
 
 
 def to_unit_threshold_snn(model: SpikingVGG, quant: Optional[str] = None) -> SpikingVGG:
-    """A new SNN with every threshold 1 and the same spikes (SPEC E.3 step 7, loaded as in E.4).
+    """A new SNN with every threshold 1 and the same spikes (docs/method.md §E.3 step 6, loaded as in E.4).
 
     With thresholds V_1..V_L: W_1/V_1, b_1/V_1; later layers W_l V_{l-1}/V_l, b_l/V_l, so the
     frozen AvgPoolConv weights become V_{l-1}/(4 V_l). ``calib_bias`` is a bias and is divided by
     V_l like one. Every membrane potential is then u/V_l, so each neuron fires at the same steps
     with spikes of 1 instead of V_l. Quantized layers (``quant`` "bin"/"ter") start from the
-    rescaled weights with s = mean|W| (SPEC B.1).
+    rescaled weights with s = mean|W| (docs/method.md §B.1).
 
     The classifier is copied unchanged, not multiplied by V_L: the original does the same, so its
     input drops from V_L-valued to 1-valued spikes. We keep this quirk because it is the state
-    CBP-QSNN starts from, and CBP retrains the classifier anyway (SPEC E.3 step 7, G.5).
+    CBP-QSNN starts from, and CBP retrains the classifier anyway (docs/method.md §E.3 step 6, §F.11).
     """
     _check_vgg(model)
     if any(not isinstance(layer.norm, nn.Identity) for layer in model.features):

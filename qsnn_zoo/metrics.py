@@ -17,16 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._builder import create_model
 from .data import ImageSet, to_tensor
 from .layers.neurons import SpikingNeuron
 from .layers.quant import is_quantized
 
 FP32_BITS = 32.0
 # Bits a quantized weight takes: binary 1 bit; ternary with base-3 packing, 5 weights a byte as
-# qsnn_zoo.packing stores them. SPEC A's table counts ternary at 2 bits, reported alongside.
+# qsnn_zoo.packing stores them. docs/method.md §A.3's table counts ternary at 2 bits, reported alongside.
 PACKED_BITS = {"bin": 1.0, "ter": 8 / 5}
 TWO_BIT_TERNARY = 2.0
-MB = 1e6  # SPEC A: MB = 10^6 bytes
+MB = 1e6  # docs/method.md §A.3: MB = 10^6 bytes
 LOSSLESS_ROWS = "lossless rows"
 ALL_ROWS = "all rows"
 
@@ -267,7 +268,7 @@ def _weight_layers(model: nn.Module):
     """``(name, module)`` of every conv / linear layer whose weights a deployment stores.
 
     SNN-Calibration's AvgPoolConv (the zoo's only grouped convs) is average pooling with frozen
-    weights 1/4 (SPEC E.1): no stored weights, as SPEC A's table counts it.
+    weights 1/4 (docs/method.md §E.1): no stored weights, as docs/method.md §A.3's table counts it.
     """
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
@@ -277,9 +278,9 @@ def _weight_layers(model: nn.Module):
 def weight_memory(model: nn.Module) -> Dict[str, Any]:
     """Memory of ``model``'s weights: quantized layers at their packed bits, the rest at fp32.
 
-    ``weight_bytes`` counts weights only, as SPEC A's table does; ``total_bytes`` adds biases and
+    ``weight_bytes`` counts weights only, as docs/method.md §A.3's table does; ``total_bytes`` adds biases and
     the per-layer scales. ``weight_bytes_2bit_ternary`` is the same count with ternary weights at
-    2 bits (SPEC A's table); it equals ``weight_bytes`` for binary and fp32 models.
+    2 bits (docs/method.md §A.3's table); it equals ``weight_bytes`` for binary and fp32 models.
     """
     layers, quantized, full, biases, scales = [], 0, 0, 0, 0
     bits = two_bit = 0.0
@@ -318,8 +319,6 @@ def weight_memory(model: nn.Module) -> Dict[str, Any]:
 
 def entry_weight_memory(name: str, **overrides: Any) -> Dict[str, Any]:
     """:func:`weight_memory` of registry entry ``name``, built on the meta device (no memory, no init)."""
-    from . import create_model
-
     with torch.device("meta"):
         model = create_model(name, **overrides)
     return weight_memory(model)

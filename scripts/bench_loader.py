@@ -19,20 +19,18 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo.data import load_cifar  # noqa: E402
-from qsnn_zoo.models._common import NORMALIZATION  # noqa: E402
-from qsnn_zoo.train.config import DEFAULT_DATA  # noqa: E402
-from qsnn_zoo.train.data import Augment, DeviceLoader  # noqa: E402
-from qsnn_zoo.train.distributed import pick_device  # noqa: E402
-from qsnn_zoo.weights import atomic_write  # noqa: E402
+from qsnn_zoo.data import load_cifar
+from qsnn_zoo.models._common import NORMALIZATION
+from qsnn_zoo.train.config import DEFAULT_DATA
+from qsnn_zoo.train.data import Augment, DeviceLoader
+from qsnn_zoo.train.distributed import pick_device
+from qsnn_zoo.weights import atomic_write
 
 AUGMENT_SETS = {
     "none": (),
     "crop_flip": ("crop_flip",),  # STBP, TSSL-BP
     "crop_flip+cutout": ("crop_flip", "cutout"),
-    "crop_flip+autoaugment+cutout": ("crop_flip", "autoaugment", "cutout"),  # SNN-Calibration (SPEC E.2)
+    "crop_flip+autoaugment+cutout": ("crop_flip", "autoaugment", "cutout"),  # SNN-Calibration (docs/method.md §E.2)
 }
 
 

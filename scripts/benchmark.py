@@ -4,7 +4,7 @@ For each model it first checks on the device that the two paths agree (fused neu
 spikes, gradients within rounding; whole models: spike and prediction agreement), then times with
 device events after warm-up, median of many runs:
 
-- one full training step of the model's recipe (SPEC B.4/B.7: forward, loss + lambda * C, backward,
+- one full training step of the model's recipe (docs/method.md §B.4, §B.7: forward, loss + lambda * C, backward,
   clip, optimizer step, clamp) at the recipe's batch size and T, with its peak memory;
 - inference (forward of a batch) at the recipe's batch size, 128 and 1024 images.
 

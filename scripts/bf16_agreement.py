@@ -6,16 +6,13 @@ fast path in fp32 and the fast path under bf16 autocast, and writes accuracies a
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import qsnn_zoo  # noqa: E402
-from qsnn_zoo.data import load_cifar, to_tensor  # noqa: E402
-from qsnn_zoo.weights import atomic_write  # noqa: E402
+import qsnn_zoo
+from qsnn_zoo.data import load_cifar, to_tensor
+from qsnn_zoo.weights import atomic_write
 
 
 @torch.no_grad()

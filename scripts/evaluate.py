@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo import create_model, get_entry  # noqa: E402
-from qsnn_zoo.data import load_cifar  # noqa: E402
-from qsnn_zoo.train.config import DEFAULT_DATA  # noqa: E402
-from qsnn_zoo.train.distributed import pick_device  # noqa: E402
-from qsnn_zoo.train.loop import evaluate  # noqa: E402
+from qsnn_zoo import create_model, get_entry
+from qsnn_zoo.data import load_cifar
+from qsnn_zoo.train.config import DEFAULT_DATA
+from qsnn_zoo.train.distributed import pick_device
+from qsnn_zoo.train.loop import evaluate
 
 
 def main(argv=None) -> int:

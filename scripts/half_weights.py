@@ -5,13 +5,9 @@ configuration metadata: how large fp32 parents are published at half the bytes.
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import qsnn_zoo  # noqa: E402
-from qsnn_zoo.weights import read_metadata  # noqa: E402
+import qsnn_zoo
+from qsnn_zoo.weights import read_metadata
 
 
 def main() -> None:

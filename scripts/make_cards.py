@@ -9,20 +9,18 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo.cards import REPO_ROOT, expected_files, orphan_cards, stale_files  # noqa: E402
-from qsnn_zoo.weights import atomic_write  # noqa: E402
+from qsnn_zoo import cards
+from qsnn_zoo.weights import atomic_write
 
 
 def write_all() -> None:
-    for path, text in expected_files().items():
+    for path, text in cards.expected_files().items():
         if not path.is_file() or path.read_text() != text:
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
-            print(f"wrote {path.relative_to(REPO_ROOT)}")
-    for path in orphan_cards():
+            print(f"wrote {path.relative_to(cards.REPO_ROOT)}")
+    for path in cards.orphan_cards():
         path.unlink()
-        print(f"removed {path.relative_to(REPO_ROOT)} (no registry entry)")
+        print(f"removed {path.relative_to(cards.REPO_ROOT)} (no registry entry)")
 
 
 def main() -> int:
@@ -32,9 +30,9 @@ def main() -> int:
     if not args.check:
         write_all()
         return 0
-    stale = stale_files()
+    stale = cards.stale_files()
     for path in stale:
-        print(f"stale: {path.relative_to(REPO_ROOT)}", file=sys.stderr)
+        print(f"stale: {path.relative_to(cards.REPO_ROOT)}", file=sys.stderr)
     if stale:
         print("run `python scripts/make_cards.py` and commit the result", file=sys.stderr)
     return 1 if stale else 0

@@ -1,4 +1,4 @@
-"""Quantizes an fp32 network to binary or ternary weights with CBP (SPEC B) and its pipeline's recipe.
+"""Quantizes an fp32 network to binary or ternary weights with CBP (docs/method.md §B) and its pipeline's recipe.
 
     python scripts/quantize_cbp.py cnn7_cifar10_fp32_stbp --quant bin
     python scripts/quantize_cbp.py vgg16_cifar10_fp32_calib --quant ter --parent-weights my_snn.safetensors
@@ -11,13 +11,10 @@ summary.json}; --resume continues an interrupted run.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo import get_entry  # noqa: E402
-from qsnn_zoo.train import runner  # noqa: E402
-from qsnn_zoo.train.config import recipe_overrides  # noqa: E402
+from qsnn_zoo import get_entry
+from qsnn_zoo.train import runner
+from qsnn_zoo.train.config import recipe_overrides
 
 
 def quantized_name(name: str, quant: str | None) -> str:

@@ -13,13 +13,10 @@ OUT/NAME/<stage>/{checkpoint.pt, metrics.jsonl, curves.png, summary.json}.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo import get_entry  # noqa: E402
-from qsnn_zoo.train import runner  # noqa: E402
-from qsnn_zoo.train.config import recipe_overrides, run_options  # noqa: E402
+from qsnn_zoo import get_entry
+from qsnn_zoo.train import runner
+from qsnn_zoo.train.config import recipe_overrides, run_options
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
-"""Trains the fp32 network of a registry entry with its pipeline's SPEC recipe.
+"""Trains the fp32 network of a registry entry with its pipeline's recipe (docs/method.md).
 
-    python scripts/train_fp32.py cnn7_cifar10_fp32_stbp                  # STBP, 100 epochs (SPEC D.3)
+    python scripts/train_fp32.py cnn7_cifar10_fp32_stbp                  # STBP, 100 epochs (docs/method.md §D.3)
     python scripts/train_fp32.py alexnet_cifar10_fp32_tsslbp --epochs 20 # a shorter TSSL-BP run
-    python scripts/train_fp32.py vgg16_cifar10_fp32_calib                # VGG16 ANN, then conversion (SPEC E.2-E.3)
+    python scripts/train_fp32.py vgg16_cifar10_fp32_calib                # VGG16 ANN, then conversion (docs/method.md §E.2-E.3)
     torchrun --nproc_per_node 4 scripts/train_fp32.py cnn7_cifar10_fp32_stbp
 
 Writes OUT/NAME/NAME.safetensors (load it with create_model(NAME, weights=OUT/NAME)), and per stage
@@ -12,13 +12,10 @@ can be overridden with its flag; --show-recipe prints the recipe and exits.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from qsnn_zoo import get_entry  # noqa: E402
-from qsnn_zoo.train import runner  # noqa: E402
-from qsnn_zoo.train.config import recipe_overrides  # noqa: E402
+from qsnn_zoo import get_entry
+from qsnn_zoo.train import runner
+from qsnn_zoo.train.config import recipe_overrides
 
 
 def main(argv=None) -> int:

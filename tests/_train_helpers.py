@@ -2,6 +2,7 @@
 a synthetic CIFAR-10 bundle so the tests need no dataset (CI has none)."""
 import functools
 import importlib.util
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def synthetic_bundle(train_per_file=40, test_rows=32) -> Path:
 
 
 def script(name):
+    """scripts/NAME.py as a module; its folder goes on sys.path, as `python scripts/NAME.py` puts it,
+    so that scripts importing their siblings load here too."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.append(str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""The CBP engine against SPEC.md section B, on tiny models built from the package's quantized layers."""
+"""The CBP engine against docs/method.md §B, on tiny models built from the package's quantized layers."""
 import pytest
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from qsnn_zoo.weights import read_state
 
 S = 0.5  # scale: binary levels -0.5, 0.5 (h = 0.5); ternary -0.5, 0, 0.5 (h = 0.25)
 
-# (w, C, dC/dw) at chosen points, worked out by hand from SPEC B.3 for s = 0.5.
+# (w, C, dC/dw) at chosen points, worked out by hand from docs/method.md §B.3 for s = 0.5.
 CASES = {
     # binary, g = 1 (u = 0): only out-of-range weights are constrained; +2 from q_K = 0.5 upwards
     ("bin", 1): [(-0.9, 0.8, -2), (-0.5, 0, 0), (-0.2, 0, 0), (0.3, 0, 0), (0.5, 0, 2), (0.7, 0.4, 2)],
@@ -163,7 +163,7 @@ def test_cbp_quantizes_a_small_network_and_exports_exact_levels(quant, tmp_path)
         nn.functional.cross_entropy(model(x), y).backward()
         fp32.step()
     for _, layer in quantized_modules(model):
-        layer.init_scale_()  # s = mean|W| of the pretrained weights (SPEC B.1)
+        layer.init_scale_()  # s = mean|W| of the pretrained weights (docs/method.md §B.1)
     start_cfs = cfs(model)
     optimizer, cbp = _make_cbp(model, lr=0.01, lambda_lr=0.2, period_max=2)
     cbp.start()

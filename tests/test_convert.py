@@ -1,4 +1,4 @@
-"""ANN-to-SNN conversion (SPEC E.3): BN folding, threshold search, light calibration, unit thresholds."""
+"""ANN-to-SNN conversion (docs/method.md §E.3): BN folding, threshold search, light calibration, unit thresholds."""
 import copy
 
 import pytest
@@ -170,7 +170,7 @@ def test_unit_threshold_snn_fires_the_same_spikes(converted):
     unit_spikes, unit_logits = _spikes_and_logits(unit, x)
     for layer_spikes, layer_unit_spikes in zip(spikes, unit_spikes):
         assert torch.equal(layer_spikes, layer_unit_spikes)
-    # The classifier is not rescaled (SPEC E.3 step 7): multiplying its input by V_L restores the logits.
+    # The classifier is not rescaled (docs/method.md §E.3 step 6): multiplying its input by V_L restores the logits.
     last = unit_spikes[-1].double().flatten(2) * thresholds[-1]
     torch.testing.assert_close(unit.classifier(last).sum(0), logits)
     assert not torch.allclose(unit_logits, logits)

@@ -32,7 +32,7 @@ def test_synops_linear_and_dense_macs():
     assert dense_macs(fc, (3,)) == 12
 
 
-# SPEC A's derived weight memory (weights only, MB = 1e6 bytes): (name, binary, ternary at 2 bits, fp32).
+# docs/method.md §A.3's derived weight memory (weights only, MB = 1e6 bytes): (name, binary, ternary at 2 bits, fp32).
 SPEC_A = [
     ("vgg16_cifar10", 1.87, 3.71, 58.86),
     ("cnn7_cifar10", 7.80, 15.56, 248.42),

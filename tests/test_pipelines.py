@@ -63,7 +63,7 @@ def test_tsslbp_pipeline(tmp_path):
     parent = qsnn_zoo.create_model("alexnet_cifar10_fp32_tsslbp", weights=tmp_path / "alexnet_cifar10_fp32_tsslbp")
     model = qsnn_zoo.create_model("alexnet_cifar10_ter_tsslbp", weights=tmp_path / "alexnet_cifar10_ter_tsslbp")
     _check_quantized(model)
-    # conv1 and fc3 are frozen in TSSL-BP's CBP (SPEC C.5): they leave the run as they came in
+    # conv1 and fc3 are frozen in TSSL-BP's CBP (docs/method.md §C.5): they leave the run as they came in
     assert torch.equal(model.conv1.weight, parent.conv1.weight) and torch.equal(model.fc3.weight, parent.fc3.weight)
 
 

@@ -2,25 +2,38 @@
 paths (never the real published.json or checkpoints/)."""
 import hashlib
 import json
+import sys
 
 import pytest
 
 import qsnn_zoo
-from qsnn_zoo import _registry, get_entry
+from qsnn_zoo import _registry, cards, get_entry
 from qsnn_zoo.weights import canonical_safetensors, describe_file, save_weights
 
-from _train_helpers import script
+from _train_helpers import random_parent, script, tiny
 
 NAME = "vgg16_cifar100_bin_calib"  # unpublished, with a small file (about 2 MB)
+RUN_NAME = "vgg16_cifar10_bin_calib"  # the smallest child the synthetic CIFAR-10 bundle can train
+
+
+def repository_copy(root, monkeypatch):
+    """publish.py's module with every path it writes under ``root``: published.json, checkpoints/,
+    runs/, the cards and a README with the zoo table's markers; registry changes end with the test."""
+    module = script("publish")
+    for target in (module, cards):
+        monkeypatch.setattr(target, "REPO_ROOT", root)
+    monkeypatch.setattr(module, "PUBLISHED_FILE", root / "published.json")
+    monkeypatch.setattr(module, "REPO_CHECKPOINTS", root / "checkpoints")
+    monkeypatch.setattr(_registry, "_ENTRIES", dict(_registry._ENTRIES))
+    (root / "model_cards").mkdir(exist_ok=True)
+    (root / "README.md").write_text(f"# zoo\n\n{cards.TABLE_START}\n{cards.TABLE_END}\n")
+    return module
 
 
 @pytest.fixture
 def publish(tmp_path, monkeypatch):
     """publish.py's main, writing under tmp_path, and the files a run would hand it."""
-    module = script("publish")
-    monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(module, "PUBLISHED_FILE", tmp_path / "published.json")
-    monkeypatch.setattr(module, "REPO_CHECKPOINTS", tmp_path / "checkpoints")
+    module = repository_copy(tmp_path, monkeypatch)
     run = tmp_path / "run"
     weights = save_weights(qsnn_zoo.create_model(NAME), run / f"{NAME}.safetensors")
     accuracy = {"lossless": {"top1": 61.234, "rows": 1017}, "all": {"top1": 58.5, "rows": 10000}}
@@ -75,3 +88,47 @@ def test_a_description_written_where_the_file_was_made_publishes_it_as_not_commi
     assert json.loads((root / "published.json").read_text())[NAME] == from_file
     with pytest.raises(SystemExit):
         main("--weights", str(description))
+
+
+def test_a_finished_run_folder_is_published_in_one_command(tmp_path, monkeypatch):
+    """A real (tiny) run's folder in, and out: the canonical weights, the evidence, the record with the
+    run's own command, the card and the README row."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    module = repository_copy(root, monkeypatch)
+    out = tmp_path / "out"
+    parent = random_parent(tmp_path, get_entry(RUN_NAME).parent)
+    command = [RUN_NAME, *tiny(out), "--parent-weights", str(parent)]
+    monkeypatch.setattr(sys, "argv", ["scripts/quantize_cbp.py", *command])  # what the run records as its command
+    script("quantize_cbp").main(command)
+    run = out / RUN_NAME
+    accuracy = {"lossless": {"top1": 50.0, "rows": 16}, "all": {"top1": 43.75, "rows": 32}}
+    (run / "eval.json").write_text(json.dumps({"model": RUN_NAME, "T": get_entry(RUN_NAME).T, "accuracy": accuracy}))
+
+    module.main([str(run), "--note", "a tiny run"])
+
+    record = json.loads((root / "published.json").read_text())[RUN_NAME]
+    committed = root / "checkpoints" / f"{RUN_NAME}.safetensors"
+    assert committed.read_bytes() == canonical_safetensors((run / f"{RUN_NAME}.safetensors").read_bytes())
+    assert record["weights"]["sha256"] == hashlib.sha256(committed.read_bytes()).hexdigest()
+    assert record["recipe"].startswith(f"python scripts/quantize_cbp.py {RUN_NAME} ")
+    assert "--data DATA" in record["recipe"] and "--out OUT" in record["recipe"] and "--device" not in record["recipe"]
+    assert [(m["value"], m["source"]) for m in record["metrics"]] == [
+        (50.0, f"runs/{RUN_NAME}/eval.json"), (43.75, f"runs/{RUN_NAME}/eval.json")]
+    assert {"metrics.jsonl", "summary.json"} <= {p.name for p in (root / "runs" / RUN_NAME / "calib_cbp").iterdir()}
+    card = (root / "model_cards" / f"{RUN_NAME}.md").read_text()
+    assert record["recipe"] in card and "- a tiny run" in card and record["weights"]["sha256"] in card
+    row = next(line for line in (root / "README.md").read_text().splitlines() if f"[{RUN_NAME}]" in line)
+    assert "| 50.00 | 43.75 |" in row
+
+
+def test_a_folder_without_its_evaluation_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    root.mkdir()
+    module = repository_copy(root, monkeypatch)
+    run = tmp_path / "out" / NAME
+    save_weights(qsnn_zoo.create_model(NAME), run / f"{NAME}.safetensors")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([str(run), "--recipe", "python scripts/reproduce.py " + NAME])
+    assert exit_info.value.code == 2
+    assert not (root / "published.json").exists() and not (root / "checkpoints").exists()

@@ -116,7 +116,7 @@ atomic_write(sys.argv[1], write)
 
 
 def test_sigterm_during_a_checkpoint_save_leaves_the_previous_checkpoint_alone(tmp_path):
-    # finish_at_last_epoch.sh stops runs with pkill; a run killed while saving must neither replace
+    # Runs are ended early with kill (docs/reproduce.md); a run killed while saving must neither replace
     # its last checkpoint with half a file nor leave the temp file behind (Python's default for
     # SIGTERM, without exit_on_sigterm, ends the process before the atomic write can remove it).
     checkpoint = tmp_path / "checkpoint.pt"

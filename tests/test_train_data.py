@@ -131,9 +131,9 @@ def test_augment_names_are_checked():
     assert Augment("crop_flip, cutout").names == ("crop_flip", "cutout")
     with pytest.raises(ValueError, match="unknown augmentation"):
         Augment(("crop", "flip"))
-    with pytest.raises(ValueError, match="SPEC E.2's order"):
+    with pytest.raises(ValueError, match="docs/method.md §E.2's order"):
         Augment(("cutout", "crop_flip"))
-    with pytest.raises(ValueError, match="SPEC E.2's order"):
+    with pytest.raises(ValueError, match="docs/method.md §E.2's order"):
         Augment(("crop_flip", "crop_flip"))
 
 

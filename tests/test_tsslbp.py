@@ -1,4 +1,4 @@
-"""TSSL-BP: the neuron's custom backward against values worked out by hand from SPEC.md C.4, and the
+"""TSSL-BP: the neuron's custom backward against values worked out by hand from docs/method.md §C.4, and the
 kernel loss of C.3. Constants: tau_m = 5, tau_s = 3, threshold 1, alpha 0.2, T = 3."""
 import math
 

@@ -127,7 +127,7 @@ def test_bits_per_quantized_weight(vgg16_files, kind, bits):
     model, path = vgg16_files[kind]
     report = storage_report(path)
     quantized = sum(m.weight.numel() for _, m in quantized_modules(model))
-    assert report["quantized_weights"] == quantized == 14_708_736  # SPEC A, weight memory table
+    assert report["quantized_weights"] == quantized == 14_708_736  # docs/method.md §A.3, weight memory table
     assert bits <= report["bits_per_quantized_weight"] < bits + 0.001  # the scales cost next to nothing
     assert report["file_bytes"] == path.stat().st_size
     latent = {f"{n}.weight" for n, _ in quantized_modules(model)} | {f"{n}.scale" for n, _ in quantized_modules(model)}

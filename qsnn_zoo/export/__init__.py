@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from .._builder import create_model
 from .._registry import ModelEntry, get_entry
 from .nir import ApproximateExportError, to_nir
 
@@ -31,7 +32,6 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    from .. import create_model
     from ..weights import atomic_write
 
     entry = get_entry(name)

@@ -265,7 +265,7 @@ if triton is not None:
         pre = pre_ptr + last + offs
         gcur = gcur_ptr + last + offs
         future = tl.zeros([BLOCK], dtype=tl.float32)  # G_t, the PSP-weighted future error
-        carried = tl.zeros([BLOCK], dtype=tl.float32)  # Theta of SPEC C.4
+        carried = tl.zeros([BLOCK], dtype=tl.float32)  # Theta of docs/method.md §C.4
         for step in range(T):
             # The fallback test needs the PSP a_t, which runs forward in time; recomputing it from
             # the saved potentials (O(T^2) loads, T = 5 here) keeps it exact and saves no tensor.

@@ -70,11 +70,11 @@ class SpikingNeuron(nn.Module):
 
 
 class IFNeuron(SpikingNeuron):
-    """Integrate-and-fire with soft reset, as converted by SNN-Calibration (SPEC E.3 step 4, E.4).
+    """Integrate-and-fire with soft reset, as converted by SNN-Calibration (docs/method.md §E.3 step 4, §E.4).
 
     Per step: u += I_t + threshold * shift / T;  s = threshold * H(u - threshold) with ``>=``;
     u -= s. ``u`` starts at the per-neuron ``initial_potential`` (zero unless calibrated).
-    Backward: arctan surrogate with ``alpha`` (SPEC E.4), the reset is not detached.
+    Backward: arctan surrogate with ``alpha`` (docs/method.md §E.4), the reset is not detached.
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class IFNeuron(SpikingNeuron):
 
 
 class LIFNeuron(SpikingNeuron):
-    """Leaky integrate-and-fire with hard reset, as in STBP (SPEC D.2).
+    """Leaky integrate-and-fire with hard reset, as in STBP (docs/method.md §D.2).
 
     u_t = decay * u_{t-1} * (1 - o_{t-1}) + I_t;  o_t = H(u_t - threshold) with strict ``>``.
     Backward: boxcar surrogate of half-width ``lens``; gradients flow through u and the reset.
@@ -131,7 +131,7 @@ class LIFNeuron(SpikingNeuron):
 
 
 def psp_filter(x: torch.Tensor, tau_s: float) -> torch.Tensor:
-    """Synaptic (PSP) filter over time: a_t = (1 - 1/tau_s) a_{t-1} + x_t / tau_s (SPEC C.2)."""
+    """Synaptic (PSP) filter over time: a_t = (1 - 1/tau_s) a_{t-1} + x_t / tau_s (docs/method.md §C.2)."""
     a = torch.zeros_like(x[0])
     out = []
     for x_t in x:
@@ -141,7 +141,7 @@ def psp_filter(x: torch.Tensor, tau_s: float) -> torch.Tensor:
 
 
 class _TSSLFunction(torch.autograd.Function):
-    """TSSL-BP neuron: forward of SPEC C.2, backward of SPEC C.4 (inter + intra terms, fallback)."""
+    """TSSL-BP neuron: forward of docs/method.md §C.2, backward of docs/method.md §C.4 (inter + intra terms, fallback)."""
 
     @staticmethod
     def forward(ctx, current, tau_m, tau_s, threshold, alpha):
@@ -178,7 +178,7 @@ def tssl_neuron(current: torch.Tensor, tau_m: float, tau_s: float, threshold: fl
 
 
 def tssl_backward(delta, du, spikes, u_pre, psp, tau_m, tau_s, threshold, alpha):
-    """dL/dI from dL/da (``delta``) and the saved forward, written as SPEC C.4 states it."""
+    """dL/dI from dL/da (``delta``) and the saved forward, written as docs/method.md §C.4 states it."""
     T = delta.shape[0]
     theta_m = 1 / tau_m
     kappa = [(1 - 1 / tau_s) ** k / tau_s for k in range(T)]
@@ -200,7 +200,7 @@ def tssl_backward(delta, du, spikes, u_pre, psp, tau_m, tau_s, threshold, alpha)
 
 
 class TSSLNeuron(SpikingNeuron):
-    """The TSSL-BP spiking neuron with its PSP output (SPEC C.2, C.4): returns a_t, not spikes.
+    """The TSSL-BP spiking neuron with its PSP output (docs/method.md §C.2, §C.4): returns a_t, not spikes.
 
     u~_t = (1 - 1/tau_m) u_{t-1} + I_t;  o_t = H(u~_t - threshold) (``>``);  u_t = u~_t (1 - o_t);
     a_t = (1 - 1/tau_s) a_{t-1} + o_t / tau_s.  Backward is TSSL-BP's, not a surrogate chain rule.

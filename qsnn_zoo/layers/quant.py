@@ -1,4 +1,4 @@
-"""Quantized conv and linear layers with latent fp32 weights (SPEC B.1, B.2).
+"""Quantized conv and linear layers with latent fp32 weights (docs/method.md §B.1, §B.2).
 
 The forward pass uses Q(W) = scale * code, code in {-1, +1} (binary) or {-1, 0, +1} (ternary);
 the backward pass is the straight-through identity dL/dW := dL/dQ(W). The scale is a buffer:
@@ -29,7 +29,7 @@ def weight_codes(weight: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.
     """The integer level of every weight, as int8 in {-1, +1} or {-1, 0, +1}.
 
     Ties are resolved deterministically, where the original code's sign(0) = 0 would give
-    off-level values (SPEC G.11): a binary zero goes to +1, a ternary weight at exactly +-s/2 to 0.
+    off-level values (docs/method.md §F.2): a binary zero goes to +1, a ternary weight at exactly +-s/2 to 0.
     """
     _check_mode(mode)
     if mode == "bin":
@@ -71,7 +71,7 @@ class _QuantizeSTE(torch.autograd.Function):
 
 
 def quantize_ste(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Q(W) in ``dtype`` (default: the weight's) forward, identity backward (SPEC B.2)."""
+    """Q(W) in ``dtype`` (default: the weight's) forward, identity backward (docs/method.md §B.2)."""
     _check_mode(mode)
     return _QuantizeSTE.apply(weight, scale, mode, weight.dtype if dtype is None else dtype)
 
@@ -92,7 +92,7 @@ class _QuantMixin:
 
     @torch.no_grad()
     def init_scale_(self) -> None:
-        """s = mean|W| of the current (pretrained fp32) weights, once at the start of CBP (SPEC B.1)."""
+        """s = mean|W| of the current (pretrained fp32) weights, once at the start of CBP (docs/method.md §B.1)."""
         self.scale.copy_(self.weight.detach().abs().mean())
 
     def quantized_weight(self) -> torch.Tensor:

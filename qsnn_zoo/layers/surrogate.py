@@ -11,7 +11,7 @@ import torch
 
 
 class ATanSpike(torch.autograd.Function):
-    """H(x) with ``>=``; backward (alpha/2) / (1 + (pi*alpha*x/2)^2) (SPEC E.4, spikingjelly ATan)."""
+    """H(x) with ``>=``; backward (alpha/2) / (1 + (pi*alpha*x/2)^2) (docs/method.md §E.4, spikingjelly ATan)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -28,7 +28,7 @@ class ATanSpike(torch.autograd.Function):
 
 
 class BoxcarSpike(torch.autograd.Function):
-    """H(x) with strict ``>``; backward 1/(2*lens) inside |x| < lens, else 0 (SPEC D.2)."""
+    """H(x) with strict ``>``; backward 1/(2*lens) inside |x| < lens, else 0 (docs/method.md §D.2)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lens: float) -> torch.Tensor:

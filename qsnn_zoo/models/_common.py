@@ -74,5 +74,5 @@ def citation(method: str, quant: Optional[str]) -> str:
 
 
 def default_recipe(name: str) -> str:
-    """The command that reproduces an entry with SPEC.md's full schedule."""
+    """The command that reproduces an entry with the full schedule of docs/method.md."""
     return f"python scripts/reproduce.py {name}"

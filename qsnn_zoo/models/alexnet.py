@@ -1,4 +1,4 @@
-"""The TSSL-BP "AlexNet" (96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024-10) and its CBP children (SPEC C).
+"""The TSSL-BP "AlexNet" (96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024-10) and its CBP children (docs/method.md §C).
 
 Only postsynaptic potentials (PSPs) travel between layers: each spiking layer filters its spikes
 with the synaptic kernel, pooling is a fixed 2x2 sum times 1.1, dropout masks are shared over
@@ -21,16 +21,16 @@ from ..layers.time import over_time
 from ._base import SpikingModel
 from ._common import BITS_WORD, CIFAR10_STATS, TSSLBP_CLAIMS, citation, default_recipe
 
-# (name, in, out, pool after) for the convs, (name, in, out) for the FCs (SPEC C.1).
+# (name, in, out, pool after) for the convs, (name, in, out) for the FCs (docs/method.md §C.1).
 CONVS = (("conv1", 3, 96, False), ("conv2", 96, 256, True), ("conv3", 256, 384, True), ("conv4", 384, 384, False), ("conv5", 384, 256, False))
 FCS = (("fc1", 256 * 8 * 8, 1024), ("fc2", 1024, 1024), ("fc3", 1024, 10))
-POOL_WEIGHT = 1.1  # TSSL-BP's default pooling theta; the yaml's pooling threshold is ignored (SPEC C.1)
+POOL_WEIGHT = 1.1  # TSSL-BP's default pooling theta; the yaml's pooling threshold is ignored (docs/method.md §C.1)
 CONV_WEIGHT_SCALE = 5.0
 
 
 class SharedDropout(nn.Module):
     """TSSL-BP's dropout on ``[T, B, C, H, W]`` or ``[T, B, F]``: one mask per (sample, channel, row)
-    or per (sample, feature), shared over columns and time, kept values scaled by 1/(1-p) (SPEC G.10)."""
+    or per (sample, feature), shared over columns and time, kept values scaled by 1/(1-p) (docs/method.md §C.1)."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -67,7 +67,7 @@ class TSSLAlexNet(SpikingModel):
         self.pool_after = {name for name, *_, pool in CONVS if pool}
         last = len(CONVS) + len(FCS) - 1
         for i, (name, c_in, c_out, _) in enumerate(CONVS):
-            q = None if i == 0 else quant  # first and last layers stay fp32 (SPEC C.1)
+            q = None if i == 0 else quant  # first and last layers stay fp32 (docs/method.md §C.1)
             self.add_module(name, make_conv2d(c_in, c_out, q, kernel_size=3, padding=1, bias=False))
         for i, (name, n_in, n_out) in enumerate(FCS, start=len(CONVS)):
             n_out = num_classes if i == last else n_out
@@ -80,7 +80,7 @@ class TSSLAlexNet(SpikingModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # SPEC C.1: PyTorch's default conv init times 5; FC kaiming-normal (fan_in, gain sqrt 2).
+        # docs/method.md §C.1: PyTorch's default conv init times 5; FC kaiming-normal (fan_in, gain sqrt 2).
         for name, *_ in CONVS:
             conv = getattr(self, name)
             nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
@@ -94,7 +94,7 @@ class TSSLAlexNet(SpikingModel):
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Output PSPs ``[T, B, K]``."""
         fold = self.fold_time
-        a = psp_filter(x.unsqueeze(0).expand(self.T, *x.shape), self.tau_s)  # SPEC C.2 input encoding
+        a = psp_filter(x.unsqueeze(0).expand(self.T, *x.shape), self.tau_s)  # docs/method.md §C.2 input encoding
         for name in self.layer_names:
             if name == "fc1":
                 a = a.flatten(2)
@@ -106,7 +106,7 @@ class TSSLAlexNet(SpikingModel):
         return a
 
     def decode(self, steps: torch.Tensor) -> torch.Tensor:
-        return steps.sum(0)  # SPEC C.3: argmax of the summed output PSP
+        return steps.sum(0)  # docs/method.md §C.3: argmax of the summed output PSP
 
 
 def _create_alexnet(name: str, pretrained: bool = False, **kwargs) -> TSSLAlexNet:

@@ -1,4 +1,4 @@
-"""The STBP "7Conv, 3FC" network of leaky integrate-and-fire neurons, and its CBP children (SPEC D).
+"""The STBP "7Conv, 3FC" network of leaky integrate-and-fire neurons, and its CBP children (docs/method.md §D).
 
 Every layer, the output layer too, is a conv or FC with bias followed by a LIF neuron with hard
 reset; the "pool" layers are stride-2 3x3 convolutions. The image is the input current at every
@@ -19,7 +19,7 @@ from ..layers.time import constant_over_time, over_time
 from ._base import SpikingModel
 from ._common import BITS_WORD, CIFAR10_STATS, NUM_CLASSES, STBP_CLAIMS, citation, default_recipe
 
-# (name, in, out, stride) of the conv stack; "pool" layers are stride-2 convs (SPEC D.1).
+# (name, in, out, stride) of the conv stack; "pool" layers are stride-2 convs (docs/method.md §D.1).
 CONVS = (
     ("conv1", 3, 128, 1),
     ("pool1", 128, 256, 2),
@@ -48,7 +48,7 @@ class CNN7(SpikingModel):
         self.num_classes = num_classes
         self.layer_names = [n for n, *_ in CONVS] + [n for n, *_ in FCS] + ["fc3"]
         for i, (name, c_in, c_out, stride) in enumerate(CONVS):
-            q = None if i == 0 else quant  # first and last layers stay fp32 (SPEC D.1)
+            q = None if i == 0 else quant  # first and last layers stay fp32 (docs/method.md §D.1)
             self.add_module(name, make_conv2d(c_in, c_out, q, kernel_size=3, stride=stride, padding=1))
         for name, n_in, n_out in FCS:
             self.add_module(name, make_linear(n_in, n_out, quant))
@@ -68,7 +68,7 @@ class CNN7(SpikingModel):
         return s
 
     def decode(self, steps: torch.Tensor) -> torch.Tensor:
-        return steps.mean(0)  # firing rate of the output layer (SPEC D.2)
+        return steps.mean(0)  # firing rate of the output layer (docs/method.md §D.2)
 
 
 def _create_cnn7(name: str, pretrained: bool = False, **kwargs) -> CNN7:
@@ -102,7 +102,7 @@ def _cnn7_entry(dataset: str, kind: str) -> ModelEntry:
             full_precision_layers=("conv1", "fc3", "all biases") if quant else ("all",),
         ),
         arch_kwargs=(("num_classes", NUM_CLASSES[dataset]), ("T", 8), ("quant", quant), ("decay", DECAY[dataset])),
-        # SPEC D.3: the STBP code normalises CIFAR-100 with the CIFAR-10 statistics too.
+        # docs/method.md §D.3: the STBP code normalises CIFAR-100 with the CIFAR-10 statistics too.
         mean=CIFAR10_STATS[0],
         std=CIFAR10_STATS[1],
         parent=None if quant is None else f"cnn7_{dataset}_fp32_stbp",

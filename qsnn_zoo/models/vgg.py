@@ -1,9 +1,9 @@
-"""VGG16 for SNN-Calibration (ANN-to-SNN conversion) and its CBP-quantized children (SPEC E).
+"""VGG16 for SNN-Calibration (ANN-to-SNN conversion) and its CBP-quantized children (docs/method.md §E).
 
 One module holds both forms: ``mode="ann"`` is the ReLU network that is trained, ``mode="snn"``
 the converted integrate-and-fire network with soft reset simulated for T steps. The fp32 entry
 keeps the ANN weights with per-layer thresholds and calibration biases, so both forms are exact;
-quantized entries hold the SNN with thresholds rescaled to 1 (SPEC E.3 step 7, E.4).
+quantized entries hold the SNN with thresholds rescaled to 1 (docs/method.md §E.3 step 6, §E.4).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ MODES = ("snn", "ann")
 class VGGLayer(nn.Module):
     """conv (or 2x2 average-pool conv) -> [BN] -> ReLU / IF neuron -> [dropout].
 
-    ``calib_bias`` is the light-calibration correction (SPEC E.3 step 5); it applies to the SNN
+    ``calib_bias`` is the light-calibration correction (docs/method.md §E.3 step 5); it applies to the SNN
     form only, so the ANN form stays the trained ANN.
 
     ``gate`` (pooling layers): the pooled current goes through a ReLU before the neuron, as in the
@@ -167,7 +167,7 @@ class SpikingVGG(SpikingModel):
         return self
 
     def _init_weights(self) -> None:
-        # SPEC E.1: conv N(0, sqrt(2 / (9 * C_out))), bias at PyTorch's default; linear N(0, 1/n_in).
+        # docs/method.md §E.1: conv N(0, sqrt(2 / (9 * C_out))), bias at PyTorch's default; linear N(0, 1/n_in).
         for layer in self.features:
             if not layer.is_pool:
                 n = layer.conv.kernel_size[0] * layer.conv.kernel_size[1] * layer.conv.out_channels
@@ -192,7 +192,7 @@ class SpikingVGG(SpikingModel):
         return over_time(self.classifier, s.flatten(2), fold)
 
     def decode(self, steps: torch.Tensor) -> torch.Tensor:
-        return steps.sum(0)  # SPEC E.3: logits summed over T, not averaged
+        return steps.sum(0)  # docs/method.md §E.3: logits summed over T, not averaged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "ann":

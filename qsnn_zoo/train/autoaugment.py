@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 # torchvision.transforms.AutoAugmentPolicy.CIFAR10 (v2.AutoAugment._get_policies): 25 sub-policies of
 # two (operation, probability, magnitude bin) each. The same table as the CIFAR10Policy of
-# DeepVoltaire's AutoAugment port that SNN-Calibration uses (SPEC E.2).
+# DeepVoltaire's AutoAugment port that SNN-Calibration uses (docs/method.md §E.2).
 CIFAR10_POLICY: Tuple[Tuple[Tuple[str, float, Optional[int]], Tuple[str, float, Optional[int]]], ...] = (
     (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
     (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),

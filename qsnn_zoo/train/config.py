@@ -1,4 +1,4 @@
-"""Training recipes: SPEC.md's hyper-parameters per pipeline stage, and the options of one run.
+"""Training recipes: the original pipelines' hyper-parameters per stage (docs/method.md), and the options of one run.
 
 A :class:`Recipe` is what a model card prints: every setting that decides the trained weights.
 :class:`RunOptions` say where and how a run executes (data, output, device), which does not change
@@ -15,13 +15,12 @@ from typing import Any, Dict, Optional, Tuple, get_args, get_origin, get_type_hi
 
 from .._registry import get_entry
 
-STAGES = ("stbp_fp32", "stbp_cbp", "tssl_fp32", "tssl_cbp", "calib_ann", "calib_convert", "calib_cbp")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".data" / "cifar10"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyper-parameters of one training stage (SPEC B.7, C.5, D.3, D.4, E.2-E.4)."""
+    """Hyper-parameters of one training stage (docs/method.md §B.7, §C.5, §D.3, §D.4, §E.2-E.4)."""
 
     stage: str
     epochs: int
@@ -42,20 +41,45 @@ class Recipe:
     augment: Tuple[str, ...] = ("crop_flip",)
     seed: int = 0
     T: Optional[int] = None  # None: the registry entry's T
-    # CBP (SPEC B.5-B.7)
+    # CBP (docs/method.md §B.5-B.7)
     lambda_optimizer: str = "adam"
     lambda_lr: float = 0.0
     period_max: int = 20
     drop_lr_at_g20: bool = True
-    # SNN-Calibration (SPEC E.2-E.5)
+    # SNN-Calibration (docs/method.md §E.2-E.5)
     use_bn: bool = False
     trial: int = 0
     calib: str = "light"
-    calib_batches: int = 7  # threshold search sees 7 augmented batches of 128 (SPEC E.3, G.5)
+    calib_batches: int = 7  # threshold search sees 7 augmented batches of 128 (docs/method.md §E.3, §F.11)
     pool_gate: bool = False  # SNN-Calibration CBP: the original's ReLU-gated backward through the pooling layers
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def settings(self, entry_T: int) -> Dict[str, Any]:
+        """The settings that act in this stage, with T resolved: what ``--show-recipe`` prints.
+
+        A field that only another optimizer, schedule or pipeline reads (momentum under AdamW, the CBP
+        multiplier settings in an fp32 stage, SNN-Calibration's conversion settings elsewhere) is left
+        out, so the printout never suggests that it changes this run.
+        """
+        settings = {**self.to_dict(), "T": self.T or entry_T}
+        for name, acts in _SETTING_ACTS.items():
+            if name in settings and not acts(self):
+                del settings[name]
+        return settings
+
+
+# When a setting acts; settings not named here act in every stage.
+_SETTING_ACTS = {
+    "momentum": lambda r: r.optimizer == "sgd",
+    "lr_drop_fractions": lambda r: r.lr_schedule == "multistep",
+    "grad_clip_max": lambda r: r.grad_clip != "none",
+    "weight_clamp": lambda r: r.weight_clamp is not None,
+    **{name: lambda r: r.stage.endswith("_cbp") for name in ("lambda_optimizer", "lambda_lr", "period_max", "drop_lr_at_g20")},
+    **{name: lambda r: r.stage.startswith("calib_") for name in ("use_bn", "trial", "calib", "calib_batches")},
+    "pool_gate": lambda r: r.stage == "calib_cbp",
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +106,7 @@ class RunOptions:
 
 
 def _stbp_fp32() -> Recipe:
-    # SPEC D.3: x0.1 after epochs 45 and 90 of 100. The STBP code seeds nothing; seed 0 makes runs repeatable.
+    # docs/method.md §D.3: x0.1 after epochs 45 and 90 of 100. The STBP code seeds nothing; seed 0 makes runs repeatable.
     return Recipe(
         stage="stbp_fp32", epochs=100, batch_size=50, optimizer="sgd", lr=0.3, momentum=0.9,
         lr_schedule="multistep", lr_drop_fractions=(0.46, 0.91), grad_clip="none", loss="mse_rate",
@@ -90,7 +114,7 @@ def _stbp_fp32() -> Recipe:
 
 
 def _stbp_cbp() -> Recipe:
-    # SPEC D.4, B.7
+    # docs/method.md §D.4, §B.7
     return Recipe(
         stage="stbp_cbp", epochs=100, batch_size=50, optimizer="sgd", lr=5e-3, momentum=0.9,
         grad_clip="value", loss="mse_rate", lambda_optimizer="adam", lambda_lr=5e-4,
@@ -98,7 +122,7 @@ def _stbp_cbp() -> Recipe:
 
 
 def _tssl_fp32() -> Recipe:
-    # SPEC C.5: seed 3 (the code seeds CUDA and numpy; torch's CPU generator is seeded too here).
+    # docs/method.md §C.5: seed 3 (the code seeds CUDA and numpy; torch's CPU generator is seeded too here).
     return Recipe(
         stage="tssl_fp32", epochs=150, batch_size=50, optimizer="adamw", lr=2e-4, weight_decay=0.01,
         grad_clip="norm", weight_clamp=4.0, loss="tssl_kernel", seed=3,
@@ -106,7 +130,7 @@ def _tssl_fp32() -> Recipe:
 
 
 def _tssl_cbp() -> Recipe:
-    # SPEC C.5, B.7, G.4: AdamW on the quantized layers only, AdamW on lambda, no lr drop.
+    # docs/method.md §C.5, §B.7: AdamW on the quantized layers only, AdamW on lambda, no lr drop.
     return Recipe(
         stage="tssl_cbp", epochs=200, batch_size=50, optimizer="adamw", lr=2e-4, weight_decay=0.01,
         train_layers="quantized", grad_clip="norm", loss="tssl_kernel", seed=3,
@@ -118,7 +142,7 @@ CALIB_AUGMENT = ("crop_flip", "autoaugment", "cutout")
 
 
 def _calib_ann(use_bn: bool) -> Recipe:
-    # SPEC E.2
+    # docs/method.md §E.2
     return Recipe(
         stage="calib_ann", epochs=300, batch_size=128, optimizer="sgd", lr=0.1 if use_bn else 0.01,
         weight_decay=5e-4 if use_bn else 1e-4, lr_schedule="cosine", grad_clip="none", loss="ce",
@@ -127,7 +151,7 @@ def _calib_ann(use_bn: bool) -> Recipe:
 
 
 def _calib_convert() -> Recipe:
-    # SPEC E.3, E.5: seed 1000 + trial for the random augmented calibration batches.
+    # docs/method.md §E.3, §E.5: seed 1000 + trial for the random augmented calibration batches.
     return Recipe(
         stage="calib_convert", epochs=0, batch_size=128, optimizer="sgd", lr=0.0, augment=CALIB_AUGMENT,
         seed=1000, grad_clip="none",
@@ -135,9 +159,9 @@ def _calib_convert() -> Recipe:
 
 
 def _calib_cbp() -> Recipe:
-    # SPEC E.4, B.7: wd 1e-4 on weights (quantized and fp32 conv1/classifier), none on biases.
-    # The learning rate departs from the README's 1e-2 that SPEC E.4 follows, for the CBP script's own
-    # default 1e-4 (SPEC B.7): rescaling every threshold to 1 leaves the last layers' scale s near 1e-3,
+    # docs/method.md §E.4, §B.7: wd 1e-4 on weights (quantized and fp32 conv1/classifier), none on biases.
+    # The learning rate departs from the original README's 1e-2 (docs/method.md §F.7), for the CBP script's own
+    # default 1e-4 (docs/method.md §B.7): rescaling every threshold to 1 leaves the last layers' scale s near 1e-3,
     # so one clipped step at 1e-2 moves their weights by ~8 s and both children collapsed to chance
     # on the GPU; at 1e-4 they train (runs/unpublished/README.md, runs/unpublished/vgg16_cbp_diagnosis/).
     return Recipe(
@@ -159,7 +183,7 @@ def stages_for(name: str) -> Tuple[str, ...]:
 
 
 def recipe_for(name: str, stage: str, use_bn: bool = False) -> Recipe:
-    """SPEC.md's recipe of ``stage`` for registry entry ``name``."""
+    """The recipe (docs/method.md) of ``stage`` for registry entry ``name``."""
     if stage not in stages_for(name):
         raise ValueError(f"{name} is made by stages {stages_for(name)}, not {stage!r}")
     builders = {
@@ -196,10 +220,10 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any,
 
 
 RECIPE_HELP = {
-    "epochs": "number of epochs (shorter than SPEC's for a quick recipe)",
+    "epochs": "number of epochs (shorter than the full recipe's for a quick run)",
     "augment": "training augmentations, comma-separated: crop_flip, autoaugment, cutout (empty: none)",
     "T": "simulation length (default: the registry entry's)",
-    "trial": "SNN-Calibration trial i; seed = 1000 + i (SPEC E.5)",
+    "trial": "SNN-Calibration trial i; seed = 1000 + i (docs/method.md §E.5)",
     "use_bn": "SNN-Calibration: train the VGG16 ANN with BatchNorm (folded before conversion)",
     "pool_gate": "SNN-Calibration CBP: no gradient through a 2x2 pooling window without a spike, as the original "
     "code's ReLU after each pooling layer gives (forward unchanged)",
@@ -230,7 +254,7 @@ RUN_HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds ``--field`` for every :class:`Recipe` and :class:`RunOptions` field (default: keep)."""
-    recipe_group = parser.add_argument_group("recipe (defaults: SPEC.md's, per stage; printed on the card)")
+    recipe_group = parser.add_argument_group("recipe (defaults: docs/method.md's, per stage; printed on the card)")
     hints = get_type_hints(Recipe)
     for f in fields(Recipe):
         if f.name != "stage":

@@ -24,7 +24,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 SEED_RANGE = 2**62
 CHUNK_IMAGES = 8192  # images the loader augments in one pass (about 100 MB of float32 pixels)
 
-# SPEC E.2's order: crop, flip, AutoAugment (on uint8 pixels), ToTensor, Cutout (on [0, 1] floats), Normalize.
+# docs/method.md §E.2's order: crop, flip, AutoAugment (on uint8 pixels), ToTensor, Cutout (on [0, 1] floats), Normalize.
 AUGMENTATIONS = ("crop_flip", "autoaugment", "cutout")
 
 
@@ -69,7 +69,7 @@ class Cutout:
     """One ``size`` x ``size`` hole per image, centre uniform over the image, clipped at the borders.
 
     As in DeVries & Taylor's code that SNN-Calibration uses, on [0, 1] pixels before Normalize:
-    the hole is 0 there, so -mean/std after normalisation (SPEC E.2).
+    the hole is 0 there, so -mean/std after normalisation (docs/method.md §E.2).
     """
 
     def __init__(self, size: int = 16) -> None:
@@ -107,9 +107,9 @@ _FLOAT_STAGES: Dict[str, Callable[[], Callable]] = {"cutout": Cutout}
 
 class Augment:
     """Training augmentations by name, e.g. ``("crop_flip", "autoaugment", "cutout")`` (SNN-Calibration,
-    SPEC E.2) or ``("crop_flip",)`` (STBP, TSSL-BP).
+    docs/method.md §E.2) or ``("crop_flip",)`` (STBP, TSSL-BP).
 
-    Names must follow SPEC E.2's order (:data:`AUGMENTATIONS`); a reordered list is refused rather
+    Names must follow docs/method.md §E.2's order (:data:`AUGMENTATIONS`); a reordered list is refused rather
     than silently sorted, since it would describe a different recipe. Takes uint8 ``[B, C, H, W]``
     and returns float32 pixels in [0, 1] (normalisation is the loader's).
     """
@@ -123,7 +123,7 @@ class Augment:
             raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
         if list(names) != sorted(set(names), key=AUGMENTATIONS.index):
             in_order = [n for n in AUGMENTATIONS if n in names]
-            raise ValueError(f"augmentations {list(names)} must appear once each in SPEC E.2's order: {in_order}")
+            raise ValueError(f"augmentations {list(names)} must appear once each in docs/method.md §E.2's order: {in_order}")
         self.names = names
         self.pixel_stages = [_PIXEL_STAGES[n]() for n in names if n in _PIXEL_STAGES]
         self.float_stages = [_FLOAT_STAGES[n]() for n in names if n in _FLOAT_STAGES]
@@ -165,7 +165,7 @@ def _cat(values: Sequence) -> Union[torch.Tensor, Tuple]:
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    # Not seed + epoch: the trials use seeds 1000 + i (SPEC E.5), so trial 1's first epoch would
+    # Not seed + epoch: the trials use seeds 1000 + i (docs/method.md §E.5), so trial 1's first epoch would
     # replay trial 0's second. SeedSequence mixes the pair into one well-spread seed.
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0] % SEED_RANGE)
 
@@ -293,7 +293,7 @@ class DeviceLoader:
 
 def holdout_split(image_set: ImageSet, val_size: int = 5000) -> Tuple[ImageSet, ImageSet]:
     """``(train, val)``: the last ``val_size`` training images become the validation set, so model
-    selection never looks at the test set (SPEC G.1)."""
+    selection never looks at the test set (docs/method.md §F.1)."""
     if not 0 < val_size < len(image_set):
         raise ValueError(f"val_size must be in 1..{len(image_set) - 1} for {len(image_set)} images, got {val_size}")
     cut = len(image_set) - val_size

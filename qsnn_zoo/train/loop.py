@@ -38,7 +38,7 @@ class TrainForward(nn.Module):
 
 @dataclass
 class StepRule:
-    """What happens around the optimizer step (SPEC B.4, B.7)."""
+    """What happens around the optimizer step (docs/method.md §B.4, §B.7)."""
 
     loss: str
     grad_clip: str = "none"  # "value" | "norm" | "none"
@@ -62,7 +62,7 @@ def _clip(model: nn.Module, rule: StepRule) -> None:
     if rule.grad_clip == "value":
         torch.nn.utils.clip_grad_value_(params, rule.grad_clip_max)
     elif rule.grad_clip == "norm":
-        # Every weight tensor with a gradient counts, including TSSL-BP's frozen first/last layers (SPEC C.5).
+        # Every weight tensor with a gradient counts, including TSSL-BP's frozen first/last layers (docs/method.md §C.5).
         torch.nn.utils.clip_grad_norm_(params, rule.grad_clip_max)
     elif rule.grad_clip != "none":
         raise ValueError(f"grad_clip must be 'value', 'norm' or 'none', got {rule.grad_clip!r}")
@@ -117,7 +117,7 @@ def train_epoch(
     desc: str = "train",
     step: Optional[Callable[[torch.Tensor, torch.Tensor], tuple]] = None,
 ) -> Dict[str, float]:
-    """One pass over ``loader``. ``lagsum`` is the sum over minibatches of the Lagrangian (SPEC B.5),
+    """One pass over ``loader``. ``lagsum`` is the sum over minibatches of the Lagrangian (docs/method.md §B.5),
     averaged over data-parallel ranks so that every rank takes the same g decision.
 
     ``step(images, labels)`` runs one training step (default: :func:`train_step` with these

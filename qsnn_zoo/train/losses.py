@@ -1,6 +1,6 @@
 """The three pipelines' losses, each on the per-step network output ``[T, B, K]`` (or ANN logits ``[B, K]``).
 
-Their scaling conventions differ and are kept (SPEC G.7): the constraint term lambda * C is added
+Their scaling conventions differ and are kept (docs/method.md §B.8): the constraint term lambda * C is added
 unscaled, so the conventions set the relative weight of the constraint.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ LOSSES = ("ce", "mse_rate", "tssl_kernel")
 
 
 def desired_spikes(T: int, device=None) -> torch.Tensor:
-    """TSSL-BP's desired spike train of the label neuron (SPEC C.3): [0, 1, 1, ...] below T = 10,
+    """TSSL-BP's desired spike train of the label neuron (docs/method.md §C.3): [0, 1, 1, ...] below T = 10,
     [0, 1, 0, 1, ...] from T = 10 on."""
     t = torch.arange(T, device=device)
     if T < 10:
@@ -24,7 +24,7 @@ def desired_spikes(T: int, device=None) -> torch.Tensor:
 
 def tssl_kernel_loss(psp: torch.Tensor, labels: torch.Tensor, tau_s: float) -> torch.Tensor:
     """1/2 * sum over batch, class and time of (a_t - target_t)^2; the target is the PSP of the
-    desired spike train for the label neuron, 0 elsewhere (SPEC C.3). Summed, not averaged."""
+    desired spike train for the label neuron, 0 elsewhere (docs/method.md §C.3). Summed, not averaged."""
     T, _, K = psp.shape
     target_psp = psp_filter(desired_spikes(T, psp.device).view(T, 1), tau_s).view(T, 1, 1)
     target = target_psp * F.one_hot(labels, K).to(psp.dtype).unsqueeze(0)
@@ -32,7 +32,7 @@ def tssl_kernel_loss(psp: torch.Tensor, labels: torch.Tensor, tau_s: float) -> t
 
 
 def mse_rate_loss(rate: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """STBP: MSE between output firing rates and the one-hot label, mean over batch x classes (SPEC D.2)."""
+    """STBP: MSE between output firing rates and the one-hot label, mean over batch x classes (docs/method.md §D.2)."""
     return F.mse_loss(rate, F.one_hot(labels, rate.shape[-1]).to(rate.dtype))
 
 

@@ -1,4 +1,4 @@
-"""The stages that make each registry entry (SPEC C, D, E), as functions of a recipe and run options.
+"""The stages that make each registry entry (docs/method.md §C, §D, §E), as functions of a recipe and run options.
 
 stbp_fp32, tssl_fp32, calib_ann   train an fp32 network from scratch;
 calib_convert                     turns the trained VGG16 ANN into the fp32 SNN (threshold search, light calibration);
@@ -8,7 +8,7 @@ Every trainable stage runs the same :func:`fit` loop and writes, under ``OUT/NAM
 ``checkpoint.pt`` (each epoch, atomically; ``--resume``), ``metrics.jsonl``, ``curves.png`` and
 ``summary.json``; the entry's weights go to ``OUT/NAME/NAME.safetensors``.
 
-Model selection (deliberate difference from SPEC G.1): the original pipelines keep the epoch with
+Model selection (deliberate difference from docs/method.md §F.1): the original pipelines keep the epoch with
 the best *test* accuracy. Here the default is a fixed schedule whose last epoch is kept, and
 ``--val-size N`` holds out the last N training images and keeps the best *validation* epoch;
 the test set is only ever measured, never used to choose.
@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import create_model
+from .._builder import create_model
 from .._registry import ModelEntry, get_entry
 from ..cbp import CBP
 from ..data import ImageSet, load_cifar
@@ -72,7 +72,7 @@ class Run:
 
     @property
     def seed(self) -> int:
-        # SNN-Calibration trial i runs with seed 1000 + i (SPEC E.5); recipes without trials have trial 0.
+        # SNN-Calibration trial i runs with seed 1000 + i (docs/method.md §E.5); recipes without trials have trial 0.
         return self.recipe.seed + self.recipe.trial
 
     @property
@@ -348,19 +348,19 @@ def _train_from_scratch(run: Run, **overrides: Any) -> nn.Module:
 
 
 def stbp_fp32(run: Run) -> Optional[Path]:
-    """SPEC D.3: STBP training of the 7-conv-3-FC LIF network."""
+    """docs/method.md §D.3: STBP training of the 7-conv-3-FC LIF network."""
     model = _train_from_scratch(run)
     return publish(run, model) if finished(run) else None
 
 
 def tssl_fp32(run: Run) -> Optional[Path]:
-    """SPEC C.5: TSSL-BP training of the AlexNet-style SNN."""
+    """docs/method.md §C.5: TSSL-BP training of the AlexNet-style SNN."""
     model = _train_from_scratch(run)
     return publish(run, model) if finished(run) else None
 
 
 def calib_ann(run: Run) -> Optional[Path]:
-    """SPEC E.2: the VGG16 ANN (no BN by default) with crop, flip, AutoAugment and Cutout."""
+    """docs/method.md §E.2: the VGG16 ANN (no BN by default) with crop, flip, AutoAugment and Cutout."""
     model = _train_from_scratch(run, mode="ann", use_bn=run.recipe.use_bn)
     if not finished(run):
         return None
@@ -371,7 +371,7 @@ def calib_ann(run: Run) -> Optional[Path]:
 
 
 def calib_convert(run: Run) -> Path:
-    """SPEC E.3: fold BN, search thresholds on 7 augmented batches, light-calibrate on one more."""
+    """docs/method.md §E.3: fold BN, search thresholds on 7 augmented batches, light-calibrate on one more."""
     from ..convert import convert_ann_to_snn
 
     seed_everything(run.seed)
@@ -415,7 +415,7 @@ def load_parent(run: Run) -> nn.Module:
 
 
 def quantized_child(run: Run, parent_model: nn.Module) -> nn.Module:
-    """The entry's quantized network holding the parent's fp32 weights, scales s = mean|W| (SPEC B.1)."""
+    """The entry's quantized network holding the parent's fp32 weights, scales s = mean|W| (docs/method.md §B.1)."""
     if run.entry.method == "calib":
         from ..convert import to_unit_threshold_snn
 
@@ -433,7 +433,7 @@ def quantized_child(run: Run, parent_model: nn.Module) -> nn.Module:
 
 
 def cbp_stage(run: Run) -> Optional[Path]:
-    """SPEC B with the pipeline's recipe: stbp_cbp (D.4), tssl_cbp (C.5), calib_cbp (E.4)."""
+    """docs/method.md §B with the pipeline's recipe: stbp_cbp (D.4), tssl_cbp (C.5), calib_cbp (E.4)."""
     seed_everything(run.seed)
     model = quantized_child(run, load_parent(run))
     model = fit(run, model, load_data(run), cbp_enabled=True)

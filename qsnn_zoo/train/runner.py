@@ -30,14 +30,14 @@ def print_recipes(name: str, overrides: Dict) -> None:
     for stage in stages_for(name):
         recipe = apply_overrides(recipe_for(name, stage, use_bn=overrides.get("use_bn", False)), overrides)
         print(f"{name} / {stage}")
-        for key, value in recipe.to_dict().items():
+        for key, value in recipe.settings(get_entry(name).T).items():
             print(f"  {key:<18} {value}")
 
 
 def exit_on_sigterm() -> None:
     """Makes SIGTERM raise SystemExit, as Ctrl-C raises KeyboardInterrupt.
 
-    Runs are stopped with kill/pkill (runs/finish_at_last_epoch.sh, schedulers, torchrun). Python's
+    Runs are stopped with kill (by hand to end a run early, by schedulers, by torchrun). Python's
     default for SIGTERM ends the process on the spot, leaving a checkpoint that was being written as
     a temporary file of hundreds of MB beside the intact previous one; unwinding lets the atomic
     write remove it.
@@ -51,7 +51,7 @@ def _raise_system_exit(signum: int, frame) -> None:
 
 
 def run_entry(name: str, args: argparse.Namespace, overrides: Optional[Dict] = None) -> Optional[Path]:
-    """Runs every stage of ``name`` with the SPEC recipe and ``overrides``; returns the weights path
+    """Runs every stage of ``name`` with its recipe and ``overrides``; returns the weights path
     (None when stopped early with --stop-after-epoch)."""
     exit_on_sigterm()
     overrides = recipe_overrides(args) if overrides is None else overrides

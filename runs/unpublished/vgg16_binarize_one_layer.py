@@ -10,17 +10,14 @@ then binarizes one layer at a time. Writes a JSON of top-1 % on the first ROWS (
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import qsnn_zoo  # noqa: E402
-from qsnn_zoo.convert import to_unit_threshold_snn  # noqa: E402
-from qsnn_zoo.data import load_cifar, to_tensor  # noqa: E402
-from qsnn_zoo.layers.quant import quantized_modules  # noqa: E402
+import qsnn_zoo
+from qsnn_zoo.convert import to_unit_threshold_snn
+from qsnn_zoo.data import load_cifar, to_tensor
+from qsnn_zoo.layers.quant import quantized_modules
 
 
 def binarize_(model, names):

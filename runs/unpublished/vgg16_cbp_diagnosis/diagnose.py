@@ -1,4 +1,4 @@
-"""Why do the VGG16 CBP children (SPEC E.4) not train? Small CPU measurements of the CBP start.
+"""Why do the VGG16 CBP children (docs/method.md §E.4) not train? Small CPU measurements of the CBP start.
 
 Usage (from the repository root; one process at a time, one thread):
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,18 +32,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from qsnn_zoo.convert import to_unit_threshold_snn
+from qsnn_zoo.data import load_cifar
+from qsnn_zoo.layers.quant import quantized_modules
+from qsnn_zoo.train import loop
+from qsnn_zoo.train.config import RunOptions, apply_overrides, recipe_for
+from qsnn_zoo.train.data import Augment, DeviceLoader
+from qsnn_zoo.train.distributed import DistInfo
+from qsnn_zoo.train.pipelines import Run, load_parent, make_optimizer, quantized_child
+from qsnn_zoo.cbp import CBP
 
-from qsnn_zoo.convert import to_unit_threshold_snn  # noqa: E402
-from qsnn_zoo.data import load_cifar  # noqa: E402
-from qsnn_zoo.layers.quant import quantized_modules  # noqa: E402
-from qsnn_zoo.train import loop  # noqa: E402
-from qsnn_zoo.train.config import RunOptions, apply_overrides, recipe_for  # noqa: E402
-from qsnn_zoo.train.data import Augment, DeviceLoader  # noqa: E402
-from qsnn_zoo.train.distributed import DistInfo  # noqa: E402
-from qsnn_zoo.train.pipelines import Run, load_parent, make_optimizer, quantized_child  # noqa: E402
-from qsnn_zoo.cbp import CBP  # noqa: E402
+ROOT = Path(__file__).resolve().parents[3]
 
 DATA = "/work/shared/data/cifar10"
 VGG_PARENT = str(ROOT / "checkpoints/vgg16_cifar10_fp32_calib.safetensors")

@@ -12,7 +12,7 @@ def start_table():
     r = json.loads((D / "start.json").read_text())
     for name in ("vgg16_cifar10_bin_calib", "vgg16_cifar10_ter_calib"):
         o = r[name]
-        print(f"\n## {name}: first real train_step (SPEC E.4 recipe, T=32, batch 32, augmented), loss {o['loss']:.2f}")
+        print(f"\n## {name}: first real train_step (docs/method.md §E.4 recipe, T=32, batch 32, augmented), loss {o['loss']:.2f}")
         print("| layer | s = mean|W| | mean |grad| | median |grad| | % clipped | lr*mean|clip(grad)|/s | mean |dw|/s | % codes flipped |")
         print("|---|---|---|---|---|---|---|---|")
         for n, v in o["layers"].items():

@@ -1,10 +1,11 @@
 """Compares two runs' metrics.jsonl epoch by epoch on everything that training computes.
 
 Two runs of the same command agree on every such field, to the last bit, only if they computed the
-same weights at every step. Left out: wall time ("seconds") and the per-epoch test accuracy (the
-older VGG16 runs logged a stale one, runs/README.md).
+same weights at every step. Left out: wall time ("seconds") and the per-epoch test accuracy (runs
+made before commit 89257c7 logged a stale one: a CUDA-graph step did not mark the quantized weights
+as changed for the evaluation that followed).
 
-    python runs/compare_training_logs.py OLD.jsonl NEW.jsonl
+    python scripts/compare_training_logs.py OLD.jsonl NEW.jsonl
 """
 import json
 import sys
