@@ -1,9 +1,9 @@
 """One table of the first CBP epochs of every run of a grid: accuracy, constraint fulfilment, code
 flips and the firing rates of the last spiking layers, per epoch.
 
-Each run is a folder ``ROOT/grid_{parent}_{gate|nogate}_lr{LR}/`` as
-``scripts/plans/vgg16_cifar10_parent_grid_stages.json`` writes them, holding the run's
-``NAME/<stage>/metrics.jsonl``.
+Each run is a folder ``ROOT/grid_{parent}_{gate|nogate}_lr{LR}/`` (as
+``scripts/plans/vgg16_cifar10_parent_grid_stages.json`` names them) holding, at any depth, the
+run's ``metrics.jsonl``.
 
     python scripts/summarize_grid.py ROOT --out runs/NAME/grid.md
 """
@@ -26,7 +26,7 @@ def runs(root: Path) -> List[dict]:
     found = []
     for folder in sorted(root.iterdir()):
         match = RUN.match(folder.name)
-        logs = sorted(folder.glob(f"*/*/{METRICS_NAME}"))
+        logs = sorted(folder.rglob(METRICS_NAME))
         if match and logs:
             found.append({**match.groupdict(), "records": read_metrics(logs[0])})
     return found

@@ -164,6 +164,9 @@ def _calib_cbp() -> Recipe:
     # default 1e-4 (docs/method.md §B.7): rescaling every threshold to 1 leaves the last layers' scale s near 1e-3,
     # so one clipped step at 1e-2 moves their weights by ~8 s and both children collapsed to chance
     # on the GPU; at 1e-4 they train (runs/unpublished/README.md, runs/unpublished/vgg16_cbp_diagnosis/).
+    # pool_gate stays off: in the measured grid of lr x gate from the BN-free parent (runs/unpublished/
+    # vgg16_cbp_grid/), lr 1e-4 without the gate reached 80.2 % after two epochs, with it 27.7 %, and
+    # every other cell less; the gate remains a flag to reproduce the original code's backward.
     return Recipe(
         stage="calib_cbp", epochs=100, batch_size=128, optimizer="sgd", lr=1e-4, momentum=0.9,
         weight_decay=1e-4, decay_biases=False, grad_clip="value", loss="ce", augment=CALIB_AUGMENT,
