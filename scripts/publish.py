@@ -50,7 +50,8 @@ from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "summary.json")
 # Flags of a run's command that change where or how it ran but not the weights, left off the card's recipe.
-RUN_ONLY_FLAGS = {"--device": 1, "--backend": 1, "--no-progress": 0, "--resume": 0, "--stop-after-epoch": 1}
+RUN_ONLY_FLAGS = {"--device": 1, "--backend": 1, "--no-progress": 0, "--resume": 0, "--stop-after-epoch": 1, "--time-budget": 1,
+                  "--checkpoint-seconds": 1}
 PLACEHOLDERS = {"--data": "DATA", "--out": "OUT"}
 
 
