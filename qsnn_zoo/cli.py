@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .argtypes import output_file, positive_int, torch_device
 from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
 from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename
@@ -171,8 +172,6 @@ def _eval_data(entry: ModelEntry, root: Optional[str], limit: Optional[int]) -> 
     else:
         data = load_cifar(root, "test", entry.dataset)
     if limit is not None:
-        if limit < 1:
-            raise CLIError(f"--limit must be at least 1, got {limit}")
         data = data.subset(slice(0, limit))
     return data
 
@@ -299,6 +298,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"export to {args.format} is not available here: {err}") from None
     except (ValueError, NotImplementedError) as err:
         raise CLIError(f"export of {entry.name} to {args.format} failed: {err}") from None
+    except WeightsNotFoundError:
+        raise
+    except OSError as err:  # the output's directory cannot be made or written; nothing was left there
+        raise CLIError(f"cannot write {args.output}: {err.strerror or err}. Pass -o a path in a writable directory.") from None
     print(f"wrote {args.output}")
     return 0
 
@@ -308,8 +311,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_model_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="registry name (see `qsnn-zoo list`)")
     parser.add_argument("--weights", help="weights file or directory (default: the published weights)")
-    parser.add_argument("--T", type=int, help="simulate this many timesteps instead of the entry's T")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--T", type=positive_int, help="simulate this many timesteps instead of the entry's T")
+    parser.add_argument("--device", type=torch_device, default=None,
+                        help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--backend", choices=("reference", "fast"), default="reference",
                         help="reference: one step at a time; fast: time folded into the batch")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -336,20 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy, firing rates, synaptic operations and weight memory")
     _add_model_run_options(p)
     p.add_argument("--data", help="CIFAR directory (.npz bundle or torchvision layout); default: the bundled sample")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 labels of image files")
     _add_model_run_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--top", type=int, default=5, help="how many labels to show")
+    p.add_argument("--top", type=positive_int, default=5, help="how many labels to show")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a model for neuromorphic tools (NIR) or deployment")
     p.add_argument("name")
     p.add_argument("--format", required=True, choices=("nir", "deploy"))
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="file to write")
     p.add_argument("--weights", help="weights file or directory (default: the published weights)")
     p.add_argument("--allow-approximate", action="store_true",
                    help="allow a format that cannot express the model exactly (the file says what differs)")

@@ -18,13 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qsnn_zoo import get_entry  # noqa: E402
+from qsnn_zoo.argtypes import registry_name  # noqa: E402
 from qsnn_zoo.train import runner  # noqa: E402
 from qsnn_zoo.train.config import recipe_overrides, run_options  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
-    parser.add_argument("name", help="any registry entry, e.g. vgg16_cifar10_bin_calib")
+    parser.add_argument("name", type=registry_name, help="any registry entry, e.g. vgg16_cifar10_bin_calib")
     parser.add_argument("--show-recipe", action="store_true", help="print the recipe(s) and exit")
     args = parser.parse_args(argv)
     entry = get_entry(args.name)
