@@ -19,6 +19,7 @@ from .argtypes import output_file, positive_int, torch_device
 from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
 from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename
+from .signals import exit_on_sigterm
 from .weights import WeightsFormatError
 
 EXIT_USER_ERROR = 2
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    exit_on_sigterm()
     args = build_parser().parse_args(argv)
     if getattr(args, "device", "unset") is None:
         args.device = _default_device()
