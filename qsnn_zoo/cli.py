@@ -234,13 +234,23 @@ def _eval_report(result: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- predict
 
 def _read_image(path: str) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice it; either way the model needs 32x32.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise CLIError(f"image {path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise CLIError(
+            f"{path} is refused as a possible decompression bomb ({err}); the model sees 32x32 pixels, "
+            "so downscale the image first"
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise CLIError(f"{path} is not an image PIL can read ({err})") from None
     return np.asarray(rgb, dtype=np.uint8)
