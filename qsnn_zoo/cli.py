@@ -150,6 +150,10 @@ def _load_model(entry: ModelEntry, args: argparse.Namespace):
     return model, record
 
 
+def _weights_line(weights: Dict[str, Any]) -> str:
+    return f"weights: {weights['path']} (sha256 {weights['sha256']})"
+
+
 def _configuration_notes(entry: ModelEntry, model, weights: Dict[str, Any]) -> List[str]:
     """What makes a run differ from the published model, so no result passes for a pretrained one."""
     notes = []
@@ -211,7 +215,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_report(result: Dict[str, Any]) -> str:
     acc, activity, memory = result["accuracy"], result["activity"], result["weight_memory"]
-    lines = [f"{result['model']}  (T={result['T']}, {result['backend']} backend on {result['device']})"]
+    lines = [f"{result['model']}  (T={result['T']}, {result['backend']} backend on {result['device']})",
+             _weights_line(result["weights"])]
     lines += [f"  note: {note}" for note in result["notes"]]
     lines.append(f"data: {result['data']['source']}, {result['data']['rows']} images")
     if acc["lossless"] is not None:
@@ -287,6 +292,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                      "predictions": predictions, "notes": notes})
         return 0
     print(f"{entry.name} (score: {entry.neuron.decoding})")
+    print(_weights_line(weights))
     for note in notes:
         print(f"  note: {note}")
     for item in predictions:
