@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
 import json
 import os
 import sys
@@ -274,18 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model.eval().to(args.device)
     with torch.no_grad():
         scores = model(to_tensor(images, entry.mean, entry.std, args.device)).cpu()
-    k = min(args.top, entry.num_classes)
-    top = scores.topk(k, dim=1)
-    predictions = [
-        {
-            "image": path,
-            "top": [
-                {"label": _class_name(entry, int(i)), "index": int(i), "score": float(s)}
-                for s, i in zip(values, indices)
-            ],
-        }
-        for path, values, indices in zip(args.images, top.values, top.indices)
-    ]
+    predictions = [_prediction(entry, model, path, values.tolist(), args.top) for path, values in zip(args.images, scores)]
     notes = _configuration_notes(entry, model, weights)
     if args.json:
         _print_json({"model": entry.name, "weights": weights, "score": entry.neuron.decoding,
@@ -297,9 +287,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     for item in predictions:
         print(item["image"])
-        for rank, guess in enumerate(item["top"], 1):
-            print(f"  {rank}. {guess['label']:<12} {guess['score']:.4f}")
+        if item["no_prediction"]:
+            print(f"  no prediction: {item['no_prediction']}")
+        for rank, group in itertools.groupby(item["top"], key=lambda guess: guess["rank"]):
+            group = list(group)
+            if len(group) == 1:
+                print(f"  {rank}. {group[0]['label']:<12} {group[0]['score']:.4f}")
+            else:
+                print(f"  {rank}. tie of {len(group)} classes at {group[0]['score']:.4f}: {_some_labels(group)}")
     return 0
+
+
+def _prediction(entry: ModelEntry, model, path: str, scores: List[float], top: int) -> Dict[str, Any]:
+    """The classes ranked 1..top, tied classes sharing a rank (1, 2, 2, 4) and listed together, since
+    no order among them is the model's; no ranking at all when every class scores the same."""
+    if min(scores) == max(scores):
+        silent = model.spiking_output and scores[0] == 0
+        why = f"every class scores {scores[0]:.4f}" + ("; no output neuron fired" if silent else "")
+        return {"image": path, "top": [], "no_prediction": why}
+    ranked: List[Dict[str, Any]] = []
+    for position, index in enumerate(sorted(range(len(scores)), key=lambda i: (-scores[i], i)), 1):
+        tied = ranked and scores[index] == ranked[-1]["score"]
+        rank = ranked[-1]["rank"] if tied else position
+        if rank > top:
+            break
+        ranked.append({"rank": rank, "label": _class_name(entry, index), "index": index, "score": scores[index]})
+    return {"image": path, "top": ranked, "no_prediction": None}
+
+
+def _some_labels(group: List[Dict[str, Any]], shown: int = 10) -> str:
+    labels = ", ".join(guess["label"] for guess in group[:shown])
+    return labels + (f" and {len(group) - shown} more" if len(group) > shown else "")
 
 
 # ---------------------------------------------------------------- export
