@@ -7,7 +7,7 @@ from typing import Any, Optional, Type, Union
 
 from torch import nn
 
-from ._registry import get_entry
+from ._registry import ModelEntry, get_entry, list_models
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Builds registry entry ``name``; ``pretrained=True`` loads its published weights.
@@ -40,6 +40,7 @@ def build_model(
         overrides.pop(key, None)
     config = entry.arch_config()
     _check_overrides(name, model_cls, overrides)
+    _check_values(entry, overrides)
     if (pretrained or weights is not None) and overrides.get("num_classes", entry.num_classes) != entry.num_classes:
         raise ValueError(
             f"{name} has {entry.num_classes} classes; pretrained weights cannot be loaded with "
@@ -63,3 +64,19 @@ def _check_overrides(name: str, model_cls: Type[nn.Module], overrides: dict) -> 
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(f"{name} does not take {unknown}; it takes {sorted(allowed)}")
+
+
+def _check_values(entry: ModelEntry, overrides: dict) -> None:
+    """Refuses overrides no model can be built with, and a weight kind other than the entry's: the
+    kind is part of what an entry is (its name, weights and metrics), so it has an entry of its own."""
+    for key in ("T", "num_classes"):
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{entry.name}: {key} must be a positive int, got {value!r}")
+    if "quant" in overrides and overrides["quant"] != entry.quant.mode:
+        sibling = entry.name.replace(f"_{entry.weight_kind}_", f"_{overrides['quant'] or 'fp32'}_")
+        instead = f"create_model({sibling!r})" if sibling in list_models() else "the entry of the kind you want"
+        raise ValueError(
+            f"{entry.name} is a {entry.weight_kind} entry; quant={overrides['quant']!r} would build another model "
+            f"under its name (and load its {entry.weight_kind} weights as another kind). Use {instead}."
+        )

@@ -203,6 +203,11 @@ class UnknownModelError(KeyError):
 
 
 def get_entry(name: str) -> ModelEntry:
+    if not isinstance(name, str):
+        raise TypeError(
+            f"a model name is a str such as 'vgg16_cifar10_bin_calib', got {name!r}; "
+            "qsnn_zoo.list_models() lists them."
+        )
     try:
         return _ENTRIES[name]
     except KeyError:

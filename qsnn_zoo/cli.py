@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
 import json
 import os
 import sys
@@ -15,9 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .argtypes import output_file, positive_int, torch_device
 from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
 from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename
+from .signals import exit_on_sigterm
 from .weights import WeightsFormatError
 
 EXIT_USER_ERROR = 2
@@ -148,6 +151,10 @@ def _load_model(entry: ModelEntry, args: argparse.Namespace):
     return model, record
 
 
+def _weights_line(weights: Dict[str, Any]) -> str:
+    return f"weights: {weights['path']} (sha256 {weights['sha256']})"
+
+
 def _configuration_notes(entry: ModelEntry, model, weights: Dict[str, Any]) -> List[str]:
     """What makes a run differ from the published model, so no result passes for a pretrained one."""
     notes = []
@@ -171,8 +178,6 @@ def _eval_data(entry: ModelEntry, root: Optional[str], limit: Optional[int]) -> 
     else:
         data = load_cifar(root, "test", entry.dataset)
     if limit is not None:
-        if limit < 1:
-            raise CLIError(f"--limit must be at least 1, got {limit}")
         data = data.subset(slice(0, limit))
     return data
 
@@ -211,7 +216,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_report(result: Dict[str, Any]) -> str:
     acc, activity, memory = result["accuracy"], result["activity"], result["weight_memory"]
-    lines = [f"{result['model']}  (T={result['T']}, {result['backend']} backend on {result['device']})"]
+    lines = [f"{result['model']}  (T={result['T']}, {result['backend']} backend on {result['device']})",
+             _weights_line(result["weights"])]
     lines += [f"  note: {note}" for note in result["notes"]]
     lines.append(f"data: {result['data']['source']}, {result['data']['rows']} images")
     if acc["lossless"] is not None:
@@ -234,13 +240,23 @@ def _eval_report(result: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- predict
 
 def _read_image(path: str) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice it; either way the model needs 32x32.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise CLIError(f"image {path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise CLIError(
+            f"{path} is refused as a possible decompression bomb ({err}); the model sees 32x32 pixels, "
+            "so downscale the image first"
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise CLIError(f"{path} is not an image PIL can read ({err})") from None
     return np.asarray(rgb, dtype=np.uint8)
@@ -259,31 +275,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model.eval().to(args.device)
     with torch.no_grad():
         scores = model(to_tensor(images, entry.mean, entry.std, args.device)).cpu()
-    k = min(args.top, entry.num_classes)
-    top = scores.topk(k, dim=1)
-    predictions = [
-        {
-            "image": path,
-            "top": [
-                {"label": _class_name(entry, int(i)), "index": int(i), "score": float(s)}
-                for s, i in zip(values, indices)
-            ],
-        }
-        for path, values, indices in zip(args.images, top.values, top.indices)
-    ]
+    predictions = [_prediction(entry, model, path, values.tolist(), args.top) for path, values in zip(args.images, scores)]
     notes = _configuration_notes(entry, model, weights)
     if args.json:
         _print_json({"model": entry.name, "weights": weights, "score": entry.neuron.decoding,
                      "predictions": predictions, "notes": notes})
         return 0
     print(f"{entry.name} (score: {entry.neuron.decoding})")
+    print(_weights_line(weights))
     for note in notes:
         print(f"  note: {note}")
     for item in predictions:
         print(item["image"])
-        for rank, guess in enumerate(item["top"], 1):
-            print(f"  {rank}. {guess['label']:<12} {guess['score']:.4f}")
+        if item["no_prediction"]:
+            print(f"  no prediction: {item['no_prediction']}")
+        for rank, group in itertools.groupby(item["top"], key=lambda guess: guess["rank"]):
+            group = list(group)
+            if len(group) == 1:
+                print(f"  {rank}. {group[0]['label']:<12} {group[0]['score']:.4f}")
+            else:
+                print(f"  {rank}. tie of {len(group)} classes at {group[0]['score']:.4f}: {_some_labels(group)}")
     return 0
+
+
+def _prediction(entry: ModelEntry, model, path: str, scores: List[float], top: int) -> Dict[str, Any]:
+    """The classes ranked 1..top, tied classes sharing a rank (1, 2, 2, 4) and listed together, since
+    no order among them is the model's; no ranking at all when every class scores the same."""
+    if min(scores) == max(scores):
+        silent = model.spiking_output and scores[0] == 0
+        why = f"every class scores {scores[0]:.4f}" + ("; no output neuron fired" if silent else "")
+        return {"image": path, "top": [], "no_prediction": why}
+    ranked: List[Dict[str, Any]] = []
+    for position, index in enumerate(sorted(range(len(scores)), key=lambda i: (-scores[i], i)), 1):
+        tied = ranked and scores[index] == ranked[-1]["score"]
+        rank = ranked[-1]["rank"] if tied else position
+        if rank > top:
+            break
+        ranked.append({"rank": rank, "label": _class_name(entry, index), "index": index, "score": scores[index]})
+    return {"image": path, "top": ranked, "no_prediction": None}
+
+
+def _some_labels(group: List[Dict[str, Any]], shown: int = 10) -> str:
+    labels = ", ".join(guess["label"] for guess in group[:shown])
+    return labels + (f" and {len(group) - shown} more" if len(group) > shown else "")
 
 
 # ---------------------------------------------------------------- export
@@ -299,6 +333,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"export to {args.format} is not available here: {err}") from None
     except (ValueError, NotImplementedError) as err:
         raise CLIError(f"export of {entry.name} to {args.format} failed: {err}") from None
+    except WeightsNotFoundError:
+        raise
+    except OSError as err:  # the output's directory cannot be made or written; nothing was left there
+        raise CLIError(f"cannot write {args.output}: {err.strerror or err}. Pass -o a path in a writable directory.") from None
     print(f"wrote {args.output}")
     return 0
 
@@ -308,8 +346,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_model_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="registry name (see `qsnn-zoo list`)")
     parser.add_argument("--weights", help="weights file or directory (default: the published weights)")
-    parser.add_argument("--T", type=int, help="simulate this many timesteps instead of the entry's T")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--T", type=positive_int, help="simulate this many timesteps instead of the entry's T")
+    parser.add_argument("--device", type=torch_device, default=None,
+                        help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--backend", choices=("reference", "fast"), default="reference",
                         help="reference: one step at a time; fast: time folded into the batch")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -336,20 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy, firing rates, synaptic operations and weight memory")
     _add_model_run_options(p)
     p.add_argument("--data", help="CIFAR directory (.npz bundle or torchvision layout); default: the bundled sample")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 labels of image files")
     _add_model_run_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--top", type=int, default=5, help="how many labels to show")
+    p.add_argument("--top", type=positive_int, default=5, help="how many labels to show")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a model for neuromorphic tools (NIR) or deployment")
     p.add_argument("name")
     p.add_argument("--format", required=True, choices=("nir", "deploy"))
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="file to write")
     p.add_argument("--weights", help="weights file or directory (default: the published weights)")
     p.add_argument("--allow-approximate", action="store_true",
                    help="allow a format that cannot express the model exactly (the file says what differs)")
@@ -358,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    exit_on_sigterm()
     args = build_parser().parse_args(argv)
     if getattr(args, "device", "unset") is None:
         args.device = _default_device()

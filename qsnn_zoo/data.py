@@ -87,7 +87,7 @@ def _read_npz_bundle(root: Path, split: str) -> ImageSet:
         if "images" not in part or "labels" not in part:
             raise DataError(f"{root / name} has arrays {sorted(part)}, expected 'images' and 'labels'.")
     images = np.concatenate([p["images"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
+    labels = _integer_labels(np.concatenate([p["labels"] for p in parts]), f"npz:{root}")
     lossless = parts[0].get("lossless") if split == "test" else np.ones(len(labels), dtype=bool)
     return ImageSet(images, labels, None if lossless is None else lossless.astype(bool), f"npz:{root}")
 
@@ -111,19 +111,28 @@ def _read_torchvision(folder: Path, split: str, dataset: str) -> ImageSet:
     batches = [_unpickle(folder / n) for n in names]
     try:
         images = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
-        labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+        labels = _integer_labels(np.concatenate([np.asarray(b[label_key]) for b in batches]), f"torchvision:{folder}")
     except (KeyError, ValueError) as err:
         raise DataError(f"{folder} does not hold {dataset} batches as torchvision writes them ({err}).") from None
     return ImageSet(images.transpose(0, 2, 3, 1).copy(), labels, None, f"torchvision:{folder}")
 
 
+def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """int64 labels; float labels are refused, since casting would truncate 2.7 to class 2 silently."""
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels are {labels.dtype}, not integers; store class indices as integers.")
+    return labels.astype(np.int64)
+
+
 def _validate(data: ImageSet, num_classes: int) -> None:
     where = data.source
+    if len(data.labels) == 0:
+        raise DataError(f"{where}: the data holds no images; point --data at a complete copy of the dataset.")
     if data.images.dtype != np.uint8 or data.images.shape[1:] != (32, 32, 3):
         raise DataError(f"{where}: images must be uint8 [N, 32, 32, 3], got {data.images.dtype} {data.images.shape}.")
     if len(data.images) != len(data.labels):
         raise DataError(f"{where}: {len(data.images)} images but {len(data.labels)} labels.")
-    if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= num_classes):
+    if (data.labels.min() < 0 or data.labels.max() >= num_classes):
         raise DataError(
             f"{where}: labels span {data.labels.min()}..{data.labels.max()}, outside 0..{num_classes - 1}; "
             "the files are mislabelled or belong to another dataset."

@@ -262,27 +262,78 @@ class DeployNet:
 
 
 def read_deploy(path: PathLike) -> DeployNet:
-    """Parses the file by its documented layout (no safetensors library needed)."""
+    """Parses the file by its documented layout (no safetensors library needed), checking every part
+    the simulator reads, so that a malformed file is refused here rather than failing mid-simulation."""
     data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise DeployFormatError(f"{path} is too short to be a qsnn-zoo deploy file")
+    _require(len(data) >= 8, path, "it is too short to hold a header")
     (header_len,) = struct.unpack("<Q", data[:8])
+    _require(8 + header_len <= len(data), path, f"its header length {header_len} runs past the end of the file (truncated?)")
     try:
         header = json.loads(data[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise DeployFormatError(f"{path} has no JSON header; it is not a qsnn-zoo deploy file") from None
+    _require(isinstance(header, dict), path, "its header is not a JSON object")
     metadata = header.pop("__metadata__", {})
-    if metadata.get("format") != FORMAT_NAME or metadata.get("format_version") != FORMAT_VERSION:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME or metadata.get("format_version") != FORMAT_VERSION:
         raise DeployFormatError(
             f"{path} is not a qsnn-zoo deploy file of version {FORMAT_VERSION}; write one with "
             "`qsnn-zoo export NAME --format deploy -o FILE`"
         )
     body = data[8 + header_len :]
-    tensors = {}
-    for key, info in header.items():
-        begin, end = info["data_offsets"]
-        tensors[key] = np.frombuffer(body[begin:end], dtype=np.dtype(_TENSOR_DTYPES[info["dtype"]]).newbyteorder("<")).reshape(info["shape"])
-    return DeployNet(json.loads(metadata["network"]), tensors)
+    tensors = {key: _read_tensor(path, key, info, body) for key, info in header.items()}
+    network = _read_network(path, metadata.get("network"), tensors)
+    return DeployNet(network, tensors)
+
+
+def _require(condition: bool, path: PathLike, problem: str) -> None:
+    if not condition:
+        raise DeployFormatError(
+            f"{path}: {problem}; the file is damaged or not written by qsnn-zoo. Write it again with "
+            "`qsnn-zoo export NAME --format deploy -o FILE`"
+        )
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+
+
+def _read_tensor(path: PathLike, key: str, info: Any, body: bytes) -> np.ndarray:
+    _require(isinstance(info, dict) and info.get("dtype") in _TENSOR_DTYPES and _is_shape(info.get("shape")),
+             path, f"tensor {key!r} has no known dtype {sorted(_TENSOR_DTYPES)} and shape")
+    dtype = np.dtype(_TENSOR_DTYPES[info["dtype"]]).newbyteorder("<")
+    offsets = info.get("data_offsets")
+    _require(_is_shape(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1] <= len(body), path,
+             f"tensor {key!r} has data offsets {offsets!r} outside the file's {len(body)} data bytes")
+    begin, end = offsets
+    _require(end - begin == int(np.prod(info["shape"])) * dtype.itemsize, path,
+             f"tensor {key!r} has {end - begin} bytes for shape {info['shape']} of {info['dtype']}")
+    return np.frombuffer(body[begin:end], dtype=dtype).reshape(info["shape"])
+
+
+def _read_network(path: PathLike, text: Any, tensors: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """The network description, with the fields the simulator relies on checked."""
+    try:
+        network = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        network = None
+    _require(isinstance(network, dict), path, "its metadata has no JSON 'network' description")
+    T = network.get("T")
+    _require(isinstance(T, int) and not isinstance(T, bool) and T >= 1, path, f"T is {T!r}, not a positive int")
+    ops, output = network.get("ops"), network.get("output")
+    _require(isinstance(ops, list) and ops and all(isinstance(op, dict) for op in ops), path, "it has no list of ops")
+    _require(isinstance(output, dict) and output.get("decode") in ("mean", "sum", "psp_sum"), path,
+             "its output decoding is not one of mean, sum, psp_sum")
+    for op in ops:
+        _require(op.get("op") in ("conv2d", "linear", "sum_pool2d", "flatten"), path, f"op {op.get('op')!r} is unknown")
+        if op["op"] in ("conv2d", "linear"):
+            weight, neuron = op.get("weight"), op.get("neuron")
+            _require(isinstance(weight, dict) and weight.get("encoding") in ("float32", *BITS), path,
+                     f"op {op.get('name')!r} has no weight of a known encoding")
+            optional = (op.get("bias"), neuron.get("v_init") if isinstance(neuron, dict) else None)
+            wanted = [weight.get("tensor"), *(key for key in optional if key is not None)]
+            missing = [key for key in wanted if not isinstance(key, str) or key not in tensors]
+            _require(not missing, path, f"op {op.get('name')!r} refers to tensors {missing} that the file lacks")
+    return network
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, stride: Sequence[int], padding: Sequence[int], groups: int) -> np.ndarray:

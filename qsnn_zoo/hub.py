@@ -60,10 +60,25 @@ def _explicit(entry: ModelEntry, weights: PathLike) -> Path:
     raise WeightsNotFoundError(f"weights path {path} does not exist.")
 
 
+def _env_weights_dir() -> Optional[Path]:
+    """The directory ``$QSNN_ZOO_WEIGHTS`` names, refused when it is not one: a mistyped path would
+    otherwise be skipped in silence and other weights used."""
+    value = os.environ.get(ENV_WEIGHTS_DIR)
+    if not value:
+        return None
+    directory = Path(value).expanduser()
+    if not directory.is_dir():
+        what = "is a file" if directory.exists() else "does not exist"
+        raise WeightsNotFoundError(
+            f"${ENV_WEIGHTS_DIR} is {value}, which {what}; set it to a directory holding weights files, or unset it."
+        )
+    return directory
+
+
 def _local_candidates(entry: ModelEntry) -> Iterator[Path]:
-    env_dir = os.environ.get(ENV_WEIGHTS_DIR)
-    if env_dir:
-        found = _in_directory(Path(env_dir).expanduser(), entry)
+    env_dir = _env_weights_dir()
+    if env_dir is not None:
+        found = _in_directory(env_dir, entry)
         if found is not None:
             yield found
     found = _in_directory(REPO_CHECKPOINTS, entry)

@@ -19,6 +19,14 @@ _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32)
 _TRIT_WEIGHTS = torch.tensor([81, 27, 9, 3, 1], dtype=torch.int32)
 
 
+def mode_of_scheme(scheme: str) -> str:
+    """``"bin"`` or ``"ter"`` for a scheme name as stored in a weights file's metadata."""
+    for mode, name in SCHEMES.items():
+        if name == scheme:
+            return mode
+    raise ValueError(f"unknown packing scheme {scheme!r}; this qsnn-zoo knows {sorted(SCHEMES.values())}")
+
+
 def packed_size(numel: int, mode: str) -> int:
     return math.ceil(numel / _PER_BYTE[mode])
 

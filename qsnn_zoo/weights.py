@@ -23,11 +23,14 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .layers.quant import quantized_modules
-from .packing import SCHEMES, pack_codes, unpack_codes
+from .packing import SCHEMES, mode_of_scheme, pack_codes, unpack_codes
 
 FORMAT_NAME = "qsnn-zoo"
 FORMAT_VERSION = "1"
 CODES_SUFFIX = ".weight.codes"
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# Keys every file written by save_weights has, and their readers need.
+REQUIRED_METADATA = ("model_name", "packing", "float_dtype")
 PathLike = Union[str, Path]
 
 
@@ -124,7 +127,56 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
             f"{path} has weights format version {metadata.get('format_version')!r}; this qsnn-zoo reads "
             f"version {FORMAT_VERSION}. Upgrade qsnn-zoo or re-export the file."
         )
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise WeightsFormatError(
+            f"{path}: its metadata lacks {missing}, which every file written by qsnn_zoo.save_weights has. "
+            "The file was altered or written by other code; re-export it with qsnn_zoo.save_weights."
+        )
+    if metadata["float_dtype"] not in FLOAT_DTYPES:
+        raise WeightsFormatError(
+            f"{path}: metadata float_dtype is {metadata['float_dtype']!r}, not one of {sorted(FLOAT_DTYPES)}; "
+            "re-export the file with qsnn_zoo.save_weights."
+        )
     return metadata
+
+
+def read_packing(path: PathLike, metadata: Mapping[str, str]) -> Dict[str, tuple[str, list]]:
+    """``{weight key: (mode, shape)}`` of every packed tensor, from the metadata's packing table."""
+    fix = "The file was altered or written by other code; re-export it with qsnn_zoo.save_weights."
+    try:
+        table = json.loads(metadata["packing"])
+    except json.JSONDecodeError as err:
+        raise WeightsFormatError(f"{path}: metadata 'packing' is not valid JSON ({err}). {fix}") from None
+    if not isinstance(table, dict):
+        raise WeightsFormatError(f"{path}: metadata 'packing' is not a JSON object. {fix}")
+    packing = {}
+    for weight_key, info in table.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not weight_key.endswith(".weight") or not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise WeightsFormatError(f"{path}: packing record of {weight_key!r} is not {{scheme, shape}}: {info!r}. {fix}")
+        try:
+            packing[weight_key] = (mode_of_scheme(info.get("scheme")), shape)
+        except ValueError as err:
+            raise WeightsFormatError(f"{path}: {weight_key}: {err}. Upgrade qsnn-zoo, or re-export the file.") from None
+    return packing
+
+
+def _check_dtypes(path: PathLike, tensors: Mapping[str, torch.Tensor], float_dtype: str) -> None:
+    """Refuses float tensors stored in another dtype than the metadata declares (scales are always fp32),
+    since loading would silently convert them."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        expected = torch.float32 if key.endswith(".scale") else FLOAT_DTYPES[float_dtype]
+        if tensor.dtype != expected:
+            raise WeightsFormatError(
+                f"{path}: tensor {key} is stored as {str(tensor.dtype).replace('torch.', '')}, but the metadata "
+                f"says {str(expected).replace('torch.', '')}. The file was altered or written by other code; "
+                "re-export it with qsnn_zoo.save_weights."
+            )
 
 
 def describe_file(path: PathLike) -> Dict[str, Any]:
@@ -144,16 +196,16 @@ def describe_file(path: PathLike) -> Dict[str, Any]:
 def read_state(path: PathLike) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """The full state dict stored in ``path`` (codes unpacked to ``scale * code``) and its metadata."""
     metadata = read_metadata(path)
+    packing = read_packing(path, metadata)
     tensors = load_file(str(path))
-    packing = json.loads(metadata["packing"])
-    for weight_key, info in packing.items():
+    _check_dtypes(path, tensors, metadata["float_dtype"])
+    for weight_key, (mode, shape) in packing.items():
         layer = weight_key[: -len(".weight")]
         codes_key, scale_key = layer + CODES_SUFFIX, layer + ".scale"
         if codes_key not in tensors or scale_key not in tensors:
             raise WeightsFormatError(f"{path}: packed tensor {weight_key} lacks {codes_key} or {scale_key}")
-        mode = next(m for m, scheme in SCHEMES.items() if scheme == info["scheme"])
         try:
-            codes = unpack_codes(tensors.pop(codes_key), info["shape"], mode)
+            codes = unpack_codes(tensors.pop(codes_key), shape, mode)
         except ValueError as err:
             raise WeightsFormatError(f"{path}: tensor {codes_key}: {err}") from None
         tensors[weight_key] = codes.to(torch.float32) * tensors[scale_key].float()
@@ -170,6 +222,7 @@ def load_weights(model: nn.Module, path: PathLike, expected_name: Optional[str] 
             f"{expected_name!r}, or create_model({stored_name!r}) for this one."
         )
     _check_against(model, state, path)
+    _check_quant(model, read_packing(path, metadata), path)
     target = model.state_dict()
     state = {k: v.to(dtype=target[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
@@ -194,13 +247,25 @@ def _check_against(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pa
             )
 
 
+def _check_quant(model: nn.Module, packing: Mapping[str, tuple], path: PathLike) -> None:
+    """Refuses codes packed as one kind for a layer of another: binary codes read as ternary (or the
+    reverse) give a model that runs but is not the one in the file."""
+    for name, module in quantized_modules(model):
+        stored = packing.get(f"{name}.weight", (None,))[0]
+        if stored is not None and stored != module.quant:
+            raise WeightsFormatError(
+                f"{path} stores {name}.weight as {stored} codes, but the model's layer is {module.quant}. "
+                f"Load it into a {stored} model (the registry entry the file was written for)."
+            )
+
+
 def storage_report(path: PathLike) -> Dict[str, Any]:
     """Bytes on disk, and bits per quantized weight including its scale."""
     metadata = read_metadata(path)
-    packing = json.loads(metadata["packing"])
+    packing = read_packing(path, metadata)
     from safetensors import safe_open
 
-    quantized_weights = sum(math.prod(info["shape"]) for info in packing.values())
+    quantized_weights = sum(math.prod(shape) for _, shape in packing.values())
     quantized_bytes = 4 * len(packing)  # one fp32 scale per quantized layer
     other_values = 0
     with safe_open(str(path), framework="pt") as f:

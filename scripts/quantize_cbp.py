@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from qsnn_zoo import get_entry
+from qsnn_zoo.argtypes import registry_name
 from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides
 
@@ -31,7 +32,7 @@ def quantized_name(name: str, quant: str | None) -> str:
 
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
-    parser.add_argument("name", help="an fp32 entry (with --quant) or a quantized entry")
+    parser.add_argument("name", type=registry_name, help="an fp32 entry (with --quant) or a quantized entry")
     parser.add_argument("--quant", choices=("bin", "ter"), help="binary {-s, s} or ternary {-s, 0, s}")
     parser.add_argument("--show-recipe", action="store_true", help="print the recipe and exit")
     args = parser.parse_args(argv)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import sys
 
 from qsnn_zoo import get_entry
+from qsnn_zoo.argtypes import registry_name
 from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides, run_options
 
 
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
-    parser.add_argument("name", help="any registry entry, e.g. vgg16_cifar10_bin_calib")
+    parser.add_argument("name", type=registry_name, help="any registry entry, e.g. vgg16_cifar10_bin_calib")
     parser.add_argument("--show-recipe", action="store_true", help="print the recipe(s) and exit")
     args = parser.parse_args(argv)
     entry = get_entry(args.name)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from qsnn_zoo.train.runner import exit_on_sigterm
+from qsnn_zoo.signals import exit_on_sigterm
 from qsnn_zoo.weights import atomic_write
 
 POLL_SECONDS = 0.5

@@ -14,13 +14,14 @@ from __future__ import annotations
 import sys
 
 from qsnn_zoo import get_entry
+from qsnn_zoo.argtypes import registry_name
 from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides
 
 
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
-    parser.add_argument("name", help="an fp32 registry entry, e.g. cnn7_cifar10_fp32_stbp")
+    parser.add_argument("name", type=registry_name, help="an fp32 registry entry, e.g. cnn7_cifar10_fp32_stbp")
     parser.add_argument("--show-recipe", action="store_true", help="print the recipe and exit")
     args = parser.parse_args(argv)
     if get_entry(args.name).quant.mode is not None:

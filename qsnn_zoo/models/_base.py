@@ -18,6 +18,9 @@ class SpikingModel(nn.Module):
 
     T: int
     num_classes: int
+    # Whether class scores are decoded from output spikes, so that a zero score means that class's
+    # output neuron never fired (SNN-Calibration's VGG decodes an fp32 classifier's logits instead).
+    spiking_output: bool = True
 
     def __init__(self) -> None:
         super().__init__()

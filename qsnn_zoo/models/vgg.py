@@ -111,6 +111,8 @@ def avg_pool_conv(channels: int) -> nn.Conv2d:
 
 
 class SpikingVGG(SpikingModel):
+    spiking_output = False
+
     def __init__(
         self,
         num_classes: int = 10,

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from .._registry import get_entry
 from ..hub import WeightsNotFoundError, resolve_weights
+from ..signals import exit_on_sigterm
 from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
 from . import distributed
 from .pipelines import run_stage, weights_path
@@ -32,22 +31,6 @@ def print_recipes(name: str, overrides: Dict) -> None:
         print(f"{name} / {stage}")
         for key, value in recipe.settings(get_entry(name).T).items():
             print(f"  {key:<18} {value}")
-
-
-def exit_on_sigterm() -> None:
-    """Makes SIGTERM raise SystemExit, as Ctrl-C raises KeyboardInterrupt.
-
-    Runs are stopped with kill (by hand to end a run early, by schedulers, by torchrun). Python's
-    default for SIGTERM ends the process on the spot, leaving a checkpoint that was being written as
-    a temporary file of hundreds of MB beside the intact previous one; unwinding lets the atomic
-    write remove it.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
-def _raise_system_exit(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def run_entry(name: str, args: argparse.Namespace, overrides: Optional[Dict] = None) -> Optional[Path]:

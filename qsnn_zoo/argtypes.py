@@ -1,0 +1,61 @@
+"""argparse ``type=`` functions shared by the ``qsnn-zoo`` command and the scripts, so that a bad
+value is refused where it is parsed: one line naming the argument and the fix, exit status 2."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._registry import UnknownModelError, get_entry
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; pass one of 1, 2, 3, ...") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not positive; pass 1 or more")
+    return number
+
+
+def registry_name(value: str) -> str:
+    try:
+        return get_entry(value).name
+    except UnknownModelError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def torch_device(value: str) -> str:
+    """A device torch can parse and this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device; pass cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{value}: torch sees no CUDA GPU on this machine; pass --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{value}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{value}: MPS is not available on this machine; pass --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{value}: qsnn-zoo runs on cpu, cuda or mps, not {device.type}")
+    return value
+
+
+def output_file(value: str) -> str:
+    """A file path whose directory exists or can be made: not a directory, not under a file."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the output path is empty; name the file to write")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file inside it, e.g. {path / 'model.out'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{parent} is a file, so {path} cannot be made; choose another path")
+            break
+    return value
