@@ -204,7 +204,7 @@ def test_an_explicit_path_is_the_users_own_file_and_not_held_to_the_published_ha
 
 def test_offline_without_a_cached_copy(monkeypatch, no_local_weights):
     entry = published(monkeypatch, NAME, b"published elsewhere")
-    with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE is set.*QSNN_ZOO_WEIGHTS.*weights=PATH") as err:
+    with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE is set.*QSNN_ZOO_WEIGHTS.*weights=DIR") as err:
         qsnn_zoo.create_model(NAME, pretrained=True, cache_dir=no_local_weights / "hf-cache", T=2)
     assert f"--revision {entry.weights.revision}" in str(err.value)
 
