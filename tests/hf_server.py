@@ -28,6 +28,20 @@ from urllib.parse import unquote
 
 import yaml
 
+def isolate_client(monkeypatch, tmp_path, token: str) -> None:
+    """huggingface_hub's cache, token and settings under ``tmp_path``, with ``token`` as HF_TOKEN; its Xet
+    upload path off, since the stand-in speaks the Hub's plain LFS protocol."""
+    import huggingface_hub.constants
+
+    for var in ("HF_HUB_OFFLINE", "QSNN_ZOO_WEIGHTS", "HF_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_TOKEN", token)
+
+
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 Response = Tuple[int, Dict[str, str], bytes]
 

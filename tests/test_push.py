@@ -16,31 +16,17 @@ from qsnn_zoo.hub import WeightsNotFoundError
 from qsnn_zoo.hub_repository import RepositoryFormatError, from_pretrained
 from qsnn_zoo.weights import save_weights
 
-from hf_server import FakeHub
+from hf_server import FakeHub, isolate_client
 
 NAME = "vgg16_cifar10_bin_calib"  # published, a 1.9 MB file in checkpoints/
 REPO = "someone/vgg16-bin"
 TOKEN = "hf_test_token"
 
 
-def hub_isolated(monkeypatch, tmp_path: Path) -> None:
-    """huggingface_hub's cache, token and settings under tmp_path; its Xet upload path off, since the
-    stand-in speaks the Hub's plain LFS protocol."""
-    import huggingface_hub.constants
-
-    for var in ("HF_HUB_OFFLINE", "QSNN_ZOO_WEIGHTS", "HF_HUB_CACHE", "HF_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-
-
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
     """A running Hub stand-in that wants TOKEN, a private copy of published.json and of the registry."""
-    hub_isolated(monkeypatch, tmp_path)
+    isolate_client(monkeypatch, tmp_path, TOKEN)
     published = tmp_path / "published.json"
     published.write_text(_registry.PUBLISHED_FILE.read_text())
     monkeypatch.setattr(_registry, "PUBLISHED_FILE", published)
