@@ -159,8 +159,9 @@ def overview(entry: ModelEntry) -> str:
                      f"`{entry.weights.sha256}`) in the repository's `checkpoints/` folder; not yet uploaded to "
                      f"the Hub repository {entry.weights.hf_repo}.")
     else:
-        lines.append(f"- Weights: `{entry.weights.filename}` in [{entry.weights.hf_repo}](https://huggingface.co/"
-                     f"{entry.weights.hf_repo}) at revision `{entry.weights.revision}`, sha256 `{entry.weights.sha256}`.")
+        lines.append(f"- Weights: `{entry.weights.filename}` ({entry.weights.size:,} bytes, sha256 `{entry.weights.sha256}`), "
+                     f"as `model.safetensors` of [{entry.weights.hf_repo}](https://huggingface.co/{entry.weights.hf_repo}) "
+                     f"at revision `{entry.weights.revision}`.")
     return "\n".join(lines)
 
 

@@ -260,7 +260,7 @@ def push_to_hub(model: nn.Module, repo_id: str, revision: Optional[str] = None, 
         return _commit_folder(folder, repo_id, revision, message, private, token)
 
 
-def stage_entry(name: str, folder: Path) -> Path:
+def _stage_entry(name: str, folder: Path) -> Path:
     """Writes entry ``name``'s Hub repository into ``folder``: its published file as model.safetensors (the
     bytes the registry's sha256 names), config.json and the card; checks that the folder loads."""
     from .cards import hub_card
@@ -282,7 +282,7 @@ def push_entry(name: str, repo_id: Optional[str] = None, revision: Optional[str]
     and pins the commit made as the entry's revision in published.json; returns the commit hash."""
     entry = get_entry(name)
     with tempfile.TemporaryDirectory(prefix="qsnn-zoo-push-") as tmp:
-        folder = stage_entry(name, Path(tmp))
+        folder = _stage_entry(name, Path(tmp))
         repo_id = repo_id or entry.weights.hf_repo
         message = f"{name}: published weights (sha256 {entry.weights.sha256}), config.json and model card"
         commit = _commit_folder(folder, repo_id, revision, message, private, token)

@@ -56,6 +56,8 @@ def test_push_uploads_the_entry_pins_the_commit_and_pretrained_downloads_it_back
     record = json.loads(_registry.PUBLISHED_FILE.read_text())[NAME]["weights"]
     assert (record["hf_repo"], record["revision"]) == (REPO, commit)
     assert _registry._published()[NAME]["weights"]["revision"] == commit, "a later import reads the pinned commit"
+    assert f"as `model.safetensors` of [{REPO}](https://huggingface.co/{REPO}) at revision `{commit}`" in cards.render_card(
+        _registry.get_entry(NAME)), "the regenerated card names the pin"
 
     files = fake_hub.files(REPO, commit)
     published_file = hub.REPO_CHECKPOINTS / f"{NAME}.safetensors"
