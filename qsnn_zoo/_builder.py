@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Optional, Type, Union
+from typing import Any, Dict, Mapping, Optional, Type, Union
 
 from torch import nn
 
 from ._registry import ModelEntry, get_entry, list_models
+from .hub import HUB_WEIGHTS_NAME
+
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Builds registry entry ``name``; ``pretrained=True`` loads its published weights.
@@ -20,6 +22,39 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
 
 # Passed by timm.create_model to every entrypoint; qsnn-zoo's records replace timm's configs.
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay")
+# The preprocessing of `qsnn-zoo eval`: the whole 32x32 image (no crop), pixels scaled to [0, 1] and
+# normalised with the entry's mean/std; other sizes are resized as `qsnn-zoo predict` does (bilinear).
+INTERPOLATION = "bilinear"
+CROP_PCT = 1.0
+
+
+def pretrained_cfg(entry: ModelEntry) -> Dict[str, Any]:
+    """timm's pretrained_cfg of ``entry``, so that ``timm.data.resolve_data_config`` and
+    ``create_transform`` give the inputs the zoo's own evaluation uses."""
+    return {
+        "architecture": entry.name,
+        "hf_hub_id": entry.weights.hf_repo if entry.weights else None,
+        "hf_hub_filename": HUB_WEIGHTS_NAME,
+        "input_size": entry.input_size,
+        "fixed_input_size": True,
+        "interpolation": INTERPOLATION,
+        "crop_pct": CROP_PCT,
+        "crop_mode": "center",
+        "mean": entry.mean,
+        "std": entry.std,
+        "num_classes": entry.num_classes,
+        "license": entry.license,
+        "description": entry.description,
+    }
+
+
+def attach_entry(model: nn.Module, entry: ModelEntry, init_kwargs: Mapping[str, Any]) -> nn.Module:
+    """Gives ``model`` the record it was built from and the arguments it was built with, which
+    saving it (save_weights, save_pretrained) writes beside its tensors."""
+    model.entry = entry
+    model.init_kwargs = dict(init_kwargs)
+    model.pretrained_cfg = {**entry.to_dict(), **pretrained_cfg(entry)}  # timm reads this attribute
+    return model
 
 
 def build_model(
@@ -47,9 +82,7 @@ def build_model(
             f"num_classes={overrides['num_classes']}. Build with pretrained=False to train a new head."
         )
     config.update(overrides)
-    model = model_cls(**config)
-    model.entry = entry
-    model.pretrained_cfg = entry.to_dict()  # timm reads this attribute
+    model = attach_entry(model_cls(**config), entry, config)
     if pretrained or weights is not None:
         from .hub import resolve_weights
         from .weights import load_weights

@@ -162,6 +162,21 @@ def _with_published(entry: ModelEntry, record: Mapping[str, Any]) -> ModelEntry:
     )
 
 
+def record_hub_revision(name: str, hf_repo: str, revision: str) -> ModelEntry:
+    """Pins ``name``'s published weights to commit ``revision`` of the Hub repository ``hf_repo``, in
+    published.json (so every later import downloads exactly that commit) and in this process's registry."""
+    from .weights import atomic_write  # weights needs torch; the registry itself is plain data
+
+    entry = get_entry(name)
+    published = _published()
+    if entry.weights is None or published.get(name, {}).get("weights") is None:
+        raise ValueError(f"{name} has no published weights file to pin to a Hub revision")
+    published[name]["weights"].update(hf_repo=hf_repo, revision=revision)
+    text = json.dumps(published, indent=2, sort_keys=True) + "\n"
+    atomic_write(PUBLISHED_FILE, lambda tmp: Path(tmp).write_text(text))
+    return update_entry(name, weights=replace(entry.weights, hf_repo=hf_repo, revision=revision))
+
+
 def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for a family's builder: registers the entry of the same name from the family
     module's ``model_entries`` table, merged with what ``published.json`` says of it (as timm's

@@ -90,7 +90,7 @@ def _model_index(entry: ModelEntry) -> List[dict]:
     return [{"name": entry.name, "results": results}] if results else []
 
 
-def front_matter(entry: ModelEntry) -> str:
+def card_metadata(entry: ModelEntry) -> dict:
     """Hugging Face metadata; ``model-index`` holds measured results only, and only if there are any."""
     tags = ["snn", "spiking-neural-network"]
     tags += ["quantization", f"{KIND_WORDS[entry.weight_kind]}-weights", "cbp-qsnn"] if entry.quant.mode else ["fp32"]
@@ -105,12 +105,26 @@ def front_matter(entry: ModelEntry) -> str:
     index = _model_index(entry)
     if index:
         meta["model-index"] = index
+    return meta
+
+
+def front_matter(entry: ModelEntry, meta: Optional[dict] = None) -> str:
+    meta = card_metadata(entry) if meta is None else meta
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---"
+
+
+def hub_base_model(entry: ModelEntry) -> Optional[str]:
+    """The Hub repository of ``entry``'s fp32 parent, once the parent is pushed: the Hub accepts only an
+    existing model as ``base_model``, so push parents first."""
+    parent = get_entry(entry.parent) if entry.parent else None
+    if parent is None or parent.weights is None or parent.weights.revision is None:
+        return None
+    return parent.weights.hf_repo
 
 
 # ---------------------------------------------------------------- sections
 
-def overview(entry: ModelEntry) -> str:
+def _overview_head(entry: ModelEntry) -> List[str]:
     kind = KIND_WORDS[entry.weight_kind]
     lines = [
         f"# {entry.name}",
@@ -122,6 +136,11 @@ def overview(entry: ModelEntry) -> str:
     ]
     if entry.parent:
         lines.append(f"- Quantized from the fp32 parent [{entry.parent}]({entry.parent}.md) with CBP (constrained backpropagation).")
+    return lines
+
+
+def overview(entry: ModelEntry) -> str:
+    lines = _overview_head(entry)
     if entry.made_file:
         made = entry.made_file
         lines.append(
@@ -140,8 +159,9 @@ def overview(entry: ModelEntry) -> str:
                      f"`{entry.weights.sha256}`) in the repository's `checkpoints/` folder; not yet uploaded to "
                      f"the Hub repository {entry.weights.hf_repo}.")
     else:
-        lines.append(f"- Weights: `{entry.weights.filename}` in [{entry.weights.hf_repo}](https://huggingface.co/"
-                     f"{entry.weights.hf_repo}) at revision `{entry.weights.revision}`, sha256 `{entry.weights.sha256}`.")
+        lines.append(f"- Weights: `{entry.weights.filename}` ({entry.weights.size:,} bytes, sha256 `{entry.weights.sha256}`), "
+                     f"as `model.safetensors` of [{entry.weights.hf_repo}](https://huggingface.co/{entry.weights.hf_repo}) "
+                     f"at revision `{entry.weights.revision}`.")
     return "\n".join(lines)
 
 
@@ -347,6 +367,47 @@ SECTIONS: List[Callable[[ModelEntry], str]] = [
 def render_card(entry: ModelEntry) -> str:
     parts = [front_matter(entry)] + [section(entry) for section in SECTIONS]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _hub_overview(entry: ModelEntry) -> str:
+    w = entry.weights
+    return "\n".join(_overview_head(entry) + [
+        f"- Weights: `model.safetensors` of this repository, the registry's `{w.filename}` ({w.size:,} bytes, "
+        f"sha256 `{w.sha256}`); qsnn-zoo downloads it at the commit that added it, which its registry pins."
+    ])
+
+
+def hub_card(entry: ModelEntry) -> str:
+    """The card as the README.md of the entry's Hub repository (``qsnn-zoo push``): the front matter names
+    the parent's repository as ``base_model``, and the weights line this repository's file, since the
+    commit that adds the card cannot name its own hash."""
+    meta = card_metadata(entry)
+    base_model = hub_base_model(entry)
+    if base_model:
+        meta.update(base_model=base_model, base_model_relation="quantized")
+    sections = [_hub_overview if section is overview else section for section in SECTIONS]
+    parts = [front_matter(entry, meta)] + [section(entry) for section in sections]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def saved_model_card(entry: ModelEntry, T: int) -> str:
+    """README.md of a folder that ``save_pretrained`` writes: the entry's metadata without its results,
+    which are the published model's and not necessarily this one's."""
+    meta = {key: value for key, value in card_metadata(entry).items() if key != "model-index"}
+    if entry.weights is not None and entry.weights.revision is not None:
+        meta["base_model"] = entry.weights.hf_repo
+    body = f"""
+# {entry.name} (saved with qsnn-zoo)
+
+A {KIND_WORDS[entry.weight_kind]} spiking network with the architecture of the qsnn-zoo entry `{entry.name}`
+({METHOD_NAMES[entry.method]}, {entry.num_classes} classes, T = {T} timesteps), saved with `save_pretrained`.
+`config.json` holds every setting needed to rebuild it; `model.safetensors` holds its weights in qsnn-zoo's
+packed format. It expects 32x32 RGB images scaled to [0, 1] and normalised with mean {list(entry.mean)} and
+std {list(entry.std)}.
+
+{_fence("python", 'import qsnn_zoo' + chr(10) + 'model = qsnn_zoo.from_pretrained("OWNER/REPO")  # or the local folder')}
+"""
+    return front_matter(entry, meta) + "\n" + body
 
 
 # ---------------------------------------------------------------- README table

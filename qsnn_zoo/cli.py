@@ -19,7 +19,7 @@ import numpy as np
 from .argtypes import output_file, positive_int, torch_device
 from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
-from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename
+from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename, weights_location
 from .signals import exit_on_sigterm
 from .weights import WeightsFormatError
 
@@ -77,12 +77,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         (
             e.name, e.method, e.dataset, e.weight_kind, str(e.T),
             f"{entry_weight_memory(e.name)['weight_mb']:.2f}",
-            "yes" if e.has_weights else "no",
+            weights_location(e),
             _percent(measured_top1(e, "lossless")),
         )
         for e in entries
     ]
-    header = ("name", "method", "dataset", "weights", "T", "MB", "pretrained", "top1 lossless %")
+    header = ("name", "method", "dataset", "weights", "T", "MB", "pretrained weights", "top1 lossless %")
     print(_table(header, rows) if rows else "no model matches these filters")
     return 0
 
@@ -341,6 +341,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- push
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub_repository import push_entry
+
+    try:
+        commit = push_entry(args.name, args.repo_id, revision=args.revision, private=args.private or None)
+    except HfHubHTTPError as err:
+        reason = " ".join(str(err).split())
+        raise CLIError(
+            f"the Hub refused the push of {args.name} to {args.repo_id}: {reason}. Log in with `hf auth login` or set "
+            "HF_TOKEN to a token that may write to that repository."
+        ) from None
+    print(f"pushed {args.name} to {args.repo_id}@{commit}; qsnn_zoo/published.json now pins that commit "
+          "(regenerate the cards with `python scripts/make_cards.py`).")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def _add_model_run_options(parser: argparse.ArgumentParser) -> None:
@@ -393,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-approximate", action="store_true",
                    help="allow a format that cannot express the model exactly (the file says what differs)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push", help="publish a model's weights, config.json and card as a Hub repository")
+    p.add_argument("name")
+    p.add_argument("--repo-id", required=True, help="Hub repository OWNER/NAME (created if it does not exist)")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

@@ -7,6 +7,9 @@ Resolution order for an entry's weights:
 4. the Hugging Face Hub, through ``huggingface_hub.hf_hub_download`` at the entry's pinned revision
    (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and its progress bar).
 A file that is the entry's published file has its full sha256 checked before use.
+
+On the Hub an entry is a model repository (``qsnn-zoo push``, :mod:`qsnn_zoo.hub_repository`): the
+published bytes as ``model.safetensors`` beside ``config.json`` and the card as ``README.md``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ from ._registry import ModelEntry
 
 ENV_WEIGHTS_DIR = "QSNN_ZOO_WEIGHTS"
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+# The names a Hub model repository gives its files, whatever the entry is called (as transformers and
+# timm do), so that any repository loads the same way.
+HUB_WEIGHTS_NAME = "model.safetensors"
+HUB_CONFIG_NAME = "config.json"
 PathLike = Union[str, Path]
 
 
@@ -43,17 +50,24 @@ def weights_filename(entry: ModelEntry) -> str:
     return entry.weights.filename if entry.weights else f"{entry.name}.safetensors"
 
 
-def _in_directory(directory: Path, entry: ModelEntry) -> Optional[Path]:
-    candidate = directory / weights_filename(entry)
+def _file_in(directory: Path, filename: str) -> Optional[Path]:
+    candidate = directory / filename
     return candidate if candidate.is_file() else None
+
+
+def _in_directory(directory: Path, entry: ModelEntry) -> Optional[Path]:
+    return _file_in(directory, weights_filename(entry))
 
 
 def _explicit(entry: ModelEntry, weights: PathLike) -> Path:
     path = Path(weights).expanduser()
     if path.is_dir():
-        found = _in_directory(path, entry)
+        # A downloaded Hub repository (`hf download REPO --local-dir DIR`) names its file model.safetensors.
+        found = _in_directory(path, entry) or _file_in(path, HUB_WEIGHTS_NAME)
         if found is None:
-            raise WeightsNotFoundError(f"{path} holds no {weights_filename(entry)} for {entry.name}.")
+            raise WeightsNotFoundError(
+                f"{path} holds no {weights_filename(entry)} (nor a Hub repository's {HUB_WEIGHTS_NAME}) for {entry.name}."
+            )
         return found
     if path.is_file():
         return path
@@ -104,8 +118,29 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
+def hub_endpoint() -> Optional[str]:
+    """``$HF_ENDPOINT`` as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def hub_download(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[PathLike]) -> Path:
+    """One file of a Hub repository through huggingface_hub's cache, offline when ``HF_HUB_OFFLINE`` says so."""
     import huggingface_hub
+
+    return Path(
+        huggingface_hub.hf_hub_download(
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
+            cache_dir=cache_dir,
+            library_name="qsnn-zoo",
+            local_files_only=_offline(),
+            endpoint=hub_endpoint(),
+        )
+    )
+
+
+def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
     # huggingface_hub.utils exports these names in 0.x, 1.x and 2.x alike. Since 1.0 both "not found"
     # errors derive from EntryNotFoundError, so the local (offline) one must be caught first.
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
@@ -113,26 +148,17 @@ def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
     w = entry.weights
     if w.revision is None:
         raise WeightsNotFoundError(
-            f"{w.filename} of {entry.name} is not on the Hub yet: it ships in the repository's checkpoints/ "
-            f"folder, which this installation lacks. Use a clone of the repository (or torch.hub.load), put "
-            f"the file in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH."
+            f"{w.filename} of {entry.name} is not on the Hub yet: it ships in the qsnn-zoo repository's "
+            f"checkpoints/ folder, which this installation lacks. In a clone of the repository, set "
+            f"{ENV_WEIGHTS_DIR}=CLONE/checkpoints (or run from the clone, or torch.hub.load it); or put "
+            f"{w.filename} in any directory named by ${ENV_WEIGHTS_DIR}; or pass weights=PATH (a file or folder)."
         )
     supply = (
-        f"put {w.filename} in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=PATH "
-        f"(`hf download {w.hf_repo} {w.filename} --revision {w.revision}` fetches it where there is a network)"
+        f"put {w.filename} in a directory named by ${ENV_WEIGHTS_DIR}, or pass weights=DIR "
+        f"(`hf download {w.hf_repo} --revision {w.revision} --local-dir DIR` fetches it where there is a network)"
     )
     try:
-        path = Path(
-            huggingface_hub.hf_hub_download(
-                repo_id=w.hf_repo,
-                filename=w.filename,
-                revision=w.revision,
-                cache_dir=cache_dir,
-                library_name="qsnn-zoo",
-                local_files_only=_offline(),
-                endpoint=os.environ.get("HF_ENDPOINT") or None,
-            )
-        )
+        path = hub_download(w.hf_repo, HUB_WEIGHTS_NAME, w.revision, cache_dir)
     except LocalEntryNotFoundError as err:
         raise WeightsNotFoundError(
             f"{entry.name}: no copy of {w.filename} is cached and the Hub cannot be reached "
@@ -140,7 +166,7 @@ def _download(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Path:
         ) from err
     except (EntryNotFoundError, RevisionNotFoundError) as err:
         raise WeightsNotFoundError(
-            f"{w.hf_repo}@{w.revision} has no file {w.filename} for {entry.name}. Report this; meanwhile "
+            f"{w.hf_repo}@{w.revision} has no file {HUB_WEIGHTS_NAME} for {entry.name}. Report this; meanwhile "
             f"{supply}."
         ) from err
     except OSError as err:  # a broken transfer (e.g. fewer bytes than announced) or an HTTP error
@@ -161,6 +187,15 @@ def _remove_from_cache(path: Path) -> None:
     blob = path.resolve()
     path.unlink(missing_ok=True)
     blob.unlink(missing_ok=True)
+
+
+def weights_location(entry: ModelEntry) -> str:
+    """Where ``pretrained=True`` finds ``entry``'s weights when no local copy is given, in a few words."""
+    if entry.weights is None:
+        return "not committed" if entry.made_file else "no"
+    if entry.weights.revision is None:
+        return "checkpoints/ (clone)"
+    return f"Hub {entry.weights.hf_repo}@{entry.weights.revision[:7]}"
 
 
 def resolve_weights(

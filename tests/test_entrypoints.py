@@ -78,6 +78,38 @@ def test_hubconf_has_one_documented_entrypoint_per_registry_name():
         assert getattr(hubconf, name) is _registry.get_entry(name).builder and getattr(hubconf, name).__doc__
 
 
+def test_hubconf_takes_its_entry_points_from_the_registry(monkeypatch):
+    def vgg16_cifar100_bin_calib_v2(pretrained: bool = False, **kwargs):
+        """A registry entry added after hubconf.py was written."""
+
+    monkeypatch.setattr(_registry, "_ENTRIES", dict(_registry._ENTRIES))
+    entry = dataclasses.replace(_registry.get_entry(NAME), name="vgg16_cifar100_bin_calib_v2")
+    _registry.register_entry(entry, vgg16_cifar100_bin_calib_v2)
+    assert load_hubconf().vgg16_cifar100_bin_calib_v2 is vgg16_cifar100_bin_calib_v2
+
+
+def test_hubconf_dependencies_cover_what_import_qsnn_zoo_imports():
+    """torch.hub checks `dependencies` before importing hubconf.py: it must list every third-party package
+    that a module loaded by `import qsnn_zoo` imports at its top, and huggingface_hub for downloads, and
+    nothing else (a package listed but not needed stops torch.hub.load where it is not installed)."""
+    import ast
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import json, sys, qsnn_zoo; print(json.dumps([m.__file__ for n, m in "
+         "sys.modules.items() if n.split('.')[0] == 'qsnn_zoo']))"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    needed = {"huggingface_hub"}
+    for path in json.loads(loaded.stdout):
+        for node in ast.parse(Path(path).read_text()).body:
+            if isinstance(node, ast.Import):
+                needed |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                needed.add(node.module.split(".")[0])
+    needed -= set(sys.stdlib_module_names) | {"__future__", "qsnn_zoo"}  # timm is optional, imported in a try
+    assert set(load_hubconf().dependencies) == needed
+
+
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO_ROOT / ".git").exists(), reason="needs a git checkout")
 def test_torch_hub_list_and_load_on_a_fresh_clone(tmp_path, random_weights):
     source, weights_file = random_weights
@@ -204,7 +236,7 @@ def test_an_explicit_path_is_the_users_own_file_and_not_held_to_the_published_ha
 
 def test_offline_without_a_cached_copy(monkeypatch, no_local_weights):
     entry = published(monkeypatch, NAME, b"published elsewhere")
-    with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE is set.*QSNN_ZOO_WEIGHTS.*weights=PATH") as err:
+    with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE is set.*QSNN_ZOO_WEIGHTS.*weights=DIR") as err:
         qsnn_zoo.create_model(NAME, pretrained=True, cache_dir=no_local_weights / "hf-cache", T=2)
     assert f"--revision {entry.weights.revision}" in str(err.value)
 

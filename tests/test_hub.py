@@ -19,7 +19,8 @@ from hf_server import FakeHub
 
 REPO = "qsnn-zoo/test-weights"
 NAME = "vgg16_cifar10_bin_calib"
-FILENAME = f"{NAME}.safetensors"
+FILENAME = f"{NAME}.safetensors"  # the registry's name of the file; its Hub repository calls it model.safetensors
+ON_HUB = hub.HUB_WEIGHTS_NAME
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def cache_dir(tmp_path):
 
 def publish(monkeypatch, server: FakeHub, data: bytes, commit: str | None = None):
     """Makes NAME's registry entry point at ``data`` as if it were published (restored after the test)."""
-    commit = commit or server.commit(REPO, {FILENAME: data})
+    commit = commit or server.commit(REPO, {ON_HUB: data})
     weights = WeightsFile(FILENAME, hashlib.sha256(data).hexdigest(), len(data), REPO, commit)
     entry = dataclasses.replace(_registry.get_entry(NAME), weights=weights)
     monkeypatch.setitem(_registry._ENTRIES, NAME, entry)
@@ -60,7 +61,7 @@ def test_first_download_then_cache_hit_with_the_server_stopped(fake_hub, monkeyp
     path = resolve_weights(entry, cache_dir=cache_dir)
     assert path.read_bytes() == data
     assert cache_dir in path.parents and entry.weights.revision in path.parts
-    resolve_path = f"/{REPO}/resolve/{entry.weights.revision}/{FILENAME}"
+    resolve_path = f"/{REPO}/resolve/{entry.weights.revision}/{ON_HUB}"
     assert fake_hub.requests == [("HEAD", resolve_path), ("GET", resolve_path)]
 
     fake_hub.stop()
@@ -72,8 +73,8 @@ def test_first_download_then_cache_hit_with_the_server_stopped(fake_hub, monkeyp
 
 def test_the_pinned_revision_is_downloaded_not_the_branch_head(fake_hub, monkeypatch, cache_dir):
     old, new = os.urandom(500), os.urandom(700)
-    pinned = fake_hub.commit(REPO, {FILENAME: old})
-    head = fake_hub.commit(REPO, {FILENAME: new})
+    pinned = fake_hub.commit(REPO, {ON_HUB: old})
+    head = fake_hub.commit(REPO, {ON_HUB: new})
     entry = publish(monkeypatch, fake_hub, old, commit=pinned)
     assert resolve_weights(entry, cache_dir=cache_dir).read_bytes() == old
     assert all(pinned in path for _, path in fake_hub.requests)
@@ -81,7 +82,7 @@ def test_the_pinned_revision_is_downloaded_not_the_branch_head(fake_hub, monkeyp
     import huggingface_hub
 
     on_main = huggingface_hub.hf_hub_download(
-        REPO, FILENAME, revision="main", cache_dir=cache_dir, endpoint=fake_hub.url
+        REPO, ON_HUB, revision="main", cache_dir=cache_dir, endpoint=fake_hub.url
     )
     assert Path(on_main).read_bytes() == new and head in Path(on_main).parts
 
@@ -116,12 +117,12 @@ def test_a_truncated_download_fails_clearly_and_leaves_nothing(fake_hub, monkeyp
 def test_a_file_missing_from_the_pinned_revision(fake_hub, monkeypatch, cache_dir):
     commit = fake_hub.commit(REPO, {"README.md": b"no weights here"})
     entry = publish(monkeypatch, fake_hub, b"never served", commit=commit)
-    with pytest.raises(WeightsNotFoundError, match=f"{REPO}@{commit} has no file {FILENAME}.*weights=PATH"):
+    with pytest.raises(WeightsNotFoundError, match=f"{REPO}@{commit} has no file {ON_HUB}.*weights=DIR"):
         resolve_weights(entry, cache_dir=cache_dir)
 
 
 def test_a_revision_missing_from_the_hub(fake_hub, monkeypatch, cache_dir):
-    fake_hub.commit(REPO, {FILENAME: b"x"})
+    fake_hub.commit(REPO, {ON_HUB: b"x"})
     entry = publish(monkeypatch, fake_hub, b"x", commit="0" * 40)
     with pytest.raises(WeightsNotFoundError, match=f"{REPO}@{'0' * 40} has no file"):
         resolve_weights(entry, cache_dir=cache_dir)
@@ -133,7 +134,7 @@ def test_offline_without_a_cached_copy_says_how_to_supply_the_file(fake_hub, mon
     with pytest.raises(WeightsNotFoundError) as err:
         resolve_weights(entry, cache_dir=cache_dir)
     message = str(err.value)
-    assert "HF_HUB_OFFLINE is set" in message and "QSNN_ZOO_WEIGHTS" in message and "weights=PATH" in message
+    assert "HF_HUB_OFFLINE is set" in message and "QSNN_ZOO_WEIGHTS" in message and "weights=DIR" in message
     assert f"--revision {entry.weights.revision}" in message
     assert fake_hub.requests == []
 

@@ -1,6 +1,8 @@
 """What every spiking model in the zoo shares."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -51,6 +53,21 @@ class SpikingModel(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
         return self.decode(self.forward_steps(x))
+
+    def save_pretrained(self, save_directory) -> "Path":
+        """Writes config.json, model.safetensors and README.md into ``save_directory``, the folder that
+        ``qsnn_zoo.from_pretrained`` (and, once pushed, anyone's ``from_pretrained("OWNER/REPO")``) loads."""
+        from ..hub_repository import save_pretrained
+
+        return save_pretrained(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Uploads what :meth:`save_pretrained` writes to the Hub repository ``repo_id`` (created if needed) in
+        one commit, and returns its hash; ``revision``, ``private``, ``token``, ``commit_message`` as in
+        :func:`qsnn_zoo.hub_repository.push_to_hub`."""
+        from ..hub_repository import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def spiking_neurons(self):
         """``(name, neuron)`` in forward order, for firing-rate statistics."""
