@@ -174,7 +174,7 @@ def record_hub_revision(name: str, hf_repo: str, revision: str) -> ModelEntry:
     published[name]["weights"].update(hf_repo=hf_repo, revision=revision)
     text = json.dumps(published, indent=2, sort_keys=True) + "\n"
     atomic_write(PUBLISHED_FILE, lambda tmp: Path(tmp).write_text(text))
-    return update_entry(name, weights=replace(entry.weights, hf_repo=hf_repo, revision=revision))
+    return publish_record(name, published[name])
 
 
 def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
