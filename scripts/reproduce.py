@@ -22,6 +22,7 @@ from qsnn_zoo.train import runner  # noqa: E402
 from qsnn_zoo.train.config import recipe_overrides, run_options  # noqa: E402
 
 
+@runner.one_line_errors
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
     parser.add_argument("name", help="any registry entry, e.g. vgg16_cifar10_bin_calib")

@@ -21,6 +21,7 @@ from qsnn_zoo.train import runner  # noqa: E402
 from qsnn_zoo.train.config import recipe_overrides  # noqa: E402
 
 
+@runner.one_line_errors
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
     parser.add_argument("name", help="an fp32 registry entry, e.g. cnn7_cifar10_fp32_stbp")
