@@ -16,7 +16,7 @@ pattern="python.* $script $name "
 if pkill -f "$pattern"; then
   while pgrep -f "$pattern" > /dev/null; do sleep 1; done
 fi
-epochs=$(python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['epoch'])" \
+epochs=$(python -c "import sys; from qsnn_zoo.train.checkpoint import load_checkpoint; print(load_checkpoint(sys.argv[1])['epoch'])" \
   "$out/$name/$stage/checkpoint.pt")
 echo "$name: finishing at epoch $epochs"
 python $script "$name" "$@" --epochs "$epochs" --data "$data" --out "$out" --device "$device" --no-progress --resume

@@ -13,6 +13,7 @@ from .._registry import UnknownModelError, get_entry
 from ..data import DataError
 from ..hub import HashMismatchError, WeightsNotFoundError, resolve_weights
 from ..weights import WeightsFormatError
+from .checkpoint import CheckpointError
 from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
 from . import distributed
 from .pipelines import run_stage, weights_path
@@ -22,8 +23,10 @@ from .pipelines import run_stage, weights_path
 # differ between fp32 training and CBP and stay the parent's own.
 SHARED_WITH_PARENT = ("epochs", "batch_size", "T", "use_bn", "trial", "calib", "calib_batches")
 
-# Failures of a run that the user can fix (a name, a file, the data).
-USER_ERRORS = (UnknownModelError, DataError, WeightsNotFoundError, HashMismatchError, WeightsFormatError)
+# Failures of a run that the user can fix (a name, a file, the data, a checkpoint).
+USER_ERRORS = (
+    UnknownModelError, DataError, WeightsNotFoundError, HashMismatchError, WeightsFormatError, CheckpointError,
+)
 EXIT_USER_ERROR = 2
 
 
