@@ -108,6 +108,16 @@ def test_a_checkpoint_of_another_model_does_not_fit_and_says_so(stopped_run, tmp
     assert "does not fit this run (RuntimeError: Error(s) in loading state_dict" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("flag, metric", [("--lr", "train_loss = nan"), ("--lambda-lr", "lambda_max = ")])
+def test_a_diverging_run_stops_with_one_line_and_exit_2(tmp_path, capsys, flag, metric):
+    parent = random_parent(tmp_path, PARENT)
+    assert script("quantize_cbp").main([*_flags(tmp_path / "out", parent, flag, "inf"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged in epoch 1" in err and metric in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / NAME / f"{NAME}.safetensors").exists()
+    assert not (tmp_path / "out" / NAME / "calib_cbp" / "checkpoint.pt").exists()
+
+
 def test_random_generators_round_trip_through_a_checkpoint_loaded_weights_only(tmp_path):
     path = tmp_path / "checkpoint.pt"
     random.seed(1), np.random.seed(2), torch.manual_seed(3)

@@ -43,7 +43,7 @@ from .data import Augment, DeviceLoader, holdout_split
 from .distributed import DistInfo
 from .graph import GraphedTrainStep
 from .losses import is_summed
-from .loop import StepRule, TrainForward, evaluate, train_epoch
+from .loop import StepRule, TrainForward, check_finite, evaluate, train_epoch
 from .metrics_log import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
 
 SUMMARY_NAME = "summary.json"
@@ -228,6 +228,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         if cbp is not None:
             record["g_advanced"] = cbp.end_epoch(record["lagsum"])
             record.update(cbp.stats())
+        check_finite(record)
         if scheduler is not None:
             scheduler.step()
         if data.val is not None:

@@ -16,6 +16,7 @@ from ..weights import WeightsFormatError
 from .checkpoint import CheckpointError
 from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
 from . import distributed
+from .loop import NonFiniteError
 from .pipelines import run_stage, weights_path
 
 # Recipe settings a quick run shares with the parent that reproduce.py trains first: its length, size
@@ -23,9 +24,10 @@ from .pipelines import run_stage, weights_path
 # differ between fp32 training and CBP and stay the parent's own.
 SHARED_WITH_PARENT = ("epochs", "batch_size", "T", "use_bn", "trial", "calib", "calib_batches")
 
-# Failures of a run that the user can fix (a name, a file, the data, a checkpoint).
+# Failures of a run that the user can fix (a name, a file, the data, a checkpoint, a diverging recipe).
 USER_ERRORS = (
     UnknownModelError, DataError, WeightsNotFoundError, HashMismatchError, WeightsFormatError, CheckpointError,
+    NonFiniteError,
 )
 EXIT_USER_ERROR = 2
 
