@@ -1,6 +1,5 @@
 """Training checkpoints: loading one cannot run code, a damaged or missing one stops ``--resume`` with
 one line and exit status 2, and a diverged run stops instead of publishing NaN weights."""
-import dataclasses
 import os
 import random
 import re
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from qsnn_zoo import _registry, get_entry, hub
 from qsnn_zoo.hub import sha256_of
 from qsnn_zoo.train import checkpoint
 from qsnn_zoo.train.checkpoint import CheckpointError, checksum_path, load_checkpoint, save_checkpoint
@@ -163,14 +161,3 @@ def test_a_checkpoint_file_is_refused_when_loading_would_run_code(tmp_path):
         load_checkpoint(path)
     assert not marker.exists()
 
-
-def test_reproduce_resumes_the_parent_then_starts_the_entry(tmp_path, monkeypatch):
-    """--resume continues the stage that was interrupted, here the parent's; the entry's own stage has no
-    checkpoint yet and starts once the parent is done."""
-    monkeypatch.setattr(hub, "REPO_CHECKPOINTS", tmp_path / "no-checkpoints")
-    monkeypatch.setitem(_registry._ENTRIES, PARENT, dataclasses.replace(get_entry(PARENT), weights=None))
-    monkeypatch.delenv("QSNN_ZOO_WEIGHTS", raising=False)
-    flags = ["vgg16_cifar10_bin_calib", *tiny(tmp_path, epochs=2), "--calib", "none", "--calib-batches", "1"]
-    assert script("reproduce").main([*flags, "--stop-after-epoch", "1"]) == 0
-    assert script("reproduce").main([*flags, "--resume"]) == 0
-    assert (tmp_path / "vgg16_cifar10_bin_calib" / "vgg16_cifar10_bin_calib.safetensors").is_file()

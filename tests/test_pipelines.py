@@ -40,8 +40,10 @@ def _unpublish(monkeypatch, tmp_path, name):
 def test_snn_calibration_pipeline_reproduces_parent_then_cbp(tmp_path, monkeypatch):
     _unpublish(monkeypatch, tmp_path, "vgg16_cifar10_fp32_calib")
     # "--calib none" keeps the CPU test short (threshold search by max); C2's tests cover light calibration.
-    args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path), "--calib", "none", "--calib-batches", "1"]
-    assert script("reproduce").main(args) == 0
+    args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path, epochs=2), "--calib", "none", "--calib-batches", "1"]
+    assert script("reproduce").main([*args, "--stop-after-epoch", "1"]) == 0
+    # --resume continues the parent's stage; the entry's own stage has no checkpoint and starts once it is done.
+    assert script("reproduce").main([*args, "--resume"]) == 0
     _check_outputs(tmp_path, "vgg16_cifar10_fp32_calib", "calib_ann")
     records, summary = _check_outputs(tmp_path, "vgg16_cifar10_bin_calib", "calib_cbp")
     assert {"lagsum", "train_loss", "cfs", "g", "off_level", "train_top1", "test_top1_lossless"} <= set(records[0])
