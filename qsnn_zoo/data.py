@@ -18,6 +18,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 PathLike = Union[str, Path]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -92,14 +97,47 @@ def _read_npz_bundle(root: Path, split: str) -> ImageSet:
     return ImageSet(images, labels, None if lossless is None else lossless.astype(bool), f"npz:{root}")
 
 
+class _CifarBatchUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's Python batches hold and nothing else: dicts, lists, strings, numbers and
+    numpy arrays. The files were written by Python 2's cPickle, which names the array through
+    ``numpy.core.multiarray._reconstruct`` (``numpy._core`` since numpy 2), ``numpy.ndarray`` and
+    ``numpy.dtype``; every other global, the way a crafted pickle runs code, is refused before it is
+    called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[module, name]
+        except KeyError:
+            raise DataError(
+                f"{self.path} asks to load {module}.{name}, which no CIFAR batch holds: refused without running it. "
+                "Re-extract the archive from its official source."
+            ) from None
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} is missing from the torchvision CIFAR folder; re-extract the archive.")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            batch = _CifarBatchUnpickler(f, path).load()
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"{path} is not a readable CIFAR batch ({err}); re-extract the archive.") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict; re-extract the archive.")
+    return batch
 
 
 def _read_torchvision(folder: Path, split: str, dataset: str) -> ImageSet:

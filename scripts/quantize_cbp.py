@@ -30,6 +30,7 @@ def quantized_name(name: str, quant: str | None) -> str:
     return get_entry(name.replace("_fp32_", f"_{quant}_")).name
 
 
+@runner.one_line_errors
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
     parser.add_argument("name", type=registry_name, help="an fp32 entry (with --quant) or a quantized entry")

@@ -6,9 +6,11 @@
 
 Recipe overrides apply to the entry's own stages; of them only --epochs, --batch-size, --T and the
 conversion settings (--use-bn, --trial, --calib, --calib-batches) are passed on to a parent trained
-on the way (its learning rates and optimizers are its own). --resume continues
-interrupted stages. Outputs: OUT/NAME/NAME.safetensors, OUT/NAME/summary.json and each stage's
-OUT/NAME/<stage>/{checkpoint.pt, metrics.jsonl, curves.png, summary.json}.
+on the way (its learning rates and optimizers are its own). --resume continues the interrupted stage,
+whose checkpoint must exist: the parent's while the parent has no weights yet (the entry's own stage
+then starts fresh once the parent is done), else the entry's. Outputs: OUT/NAME/NAME.safetensors,
+OUT/NAME/summary.json and each stage's OUT/NAME/<stage>/{checkpoint.pt, checkpoint.pt.sha256,
+metrics.jsonl, curves.png, summary.json}.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides, run_options
 
 
+@runner.one_line_errors
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
     parser.add_argument("name", type=registry_name, help="any registry entry, e.g. vgg16_cifar10_bin_calib")
@@ -36,6 +39,8 @@ def main(argv=None) -> int:
         print(f"{entry.parent} has no weights yet: training it first", flush=True)
         if runner.run_entry(entry.parent, args, runner.parent_overrides(overrides)) is None:
             return 0
+        # The parent was only finished now, so no checkpoint of the entry can have started from it.
+        args.resume = False
     runner.run_entry(args.name, args, overrides)
     runner.finish()
     return 0

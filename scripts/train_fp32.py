@@ -19,6 +19,7 @@ from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides
 
 
+@runner.one_line_errors
 def main(argv=None) -> int:
     parser = runner.parser(__doc__)
     parser.add_argument("name", type=registry_name, help="an fp32 registry entry, e.g. cnn7_cifar10_fp32_stbp")

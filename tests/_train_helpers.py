@@ -1,10 +1,9 @@
 """Shared by the training tests: run a script in-process, tiny run flags, a random fp32 parent, and
 a synthetic CIFAR-10 bundle so the tests need no dataset (CI has none)."""
-import functools
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -14,10 +13,12 @@ from qsnn_zoo import save_weights
 REPO = Path(__file__).resolve().parent.parent
 
 
-@functools.lru_cache(maxsize=None)
-def synthetic_bundle(train_per_file=40, test_rows=32) -> Path:
+# The synthetic bundle of this test session; conftest.py writes it under pytest's temporary directory.
+BUNDLE: Optional[Path] = None
+
+
+def synthetic_bundle(root: Path, train_per_file=40, test_rows=32) -> Path:
     """Random images in the .npz bundle's layout (train-0..4.npz, test.npz with its lossless mask)."""
-    root = Path(tempfile.mkdtemp(prefix="qsnn-cifar-"))
     rng = np.random.default_rng(0)
 
     def images(n):
@@ -45,7 +46,7 @@ def script(name):
 def tiny(out, images=32, batch=16, epochs=1, T=1):
     """Flags of a run small enough for a CPU test."""
     return [
-        "--out", str(out), "--data", str(synthetic_bundle()), "--device", "cpu", "--no-progress",
+        "--out", str(out), "--data", str(BUNDLE), "--device", "cpu", "--no-progress",
         "--limit-train", str(images), "--limit-test", "16", "--batch-size", str(batch),
         "--epochs", str(epochs), "--T", str(T),
     ]

@@ -17,7 +17,8 @@ def test_two_gloo_processes_train_and_agree(tmp_path):
         "--parent-weights", str(parent),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env()})
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env(),
+                                 "TMPDIR": str(tmp_path)})  # torchrun's log folders go with tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     # The run ends with check_replicas_agree, which raises if the two ranks' weights differ.
     summary = json.loads((tmp_path / "vgg16_cifar10_bin_calib" / "summary.json").read_text())

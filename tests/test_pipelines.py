@@ -40,8 +40,10 @@ def _unpublish(monkeypatch, tmp_path, name):
 def test_snn_calibration_pipeline_reproduces_parent_then_cbp(tmp_path, monkeypatch):
     _unpublish(monkeypatch, tmp_path, "vgg16_cifar10_fp32_calib")
     # "--calib none" keeps the CPU test short (threshold search by max); C2's tests cover light calibration.
-    args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path), "--calib", "none", "--calib-batches", "1"]
-    assert script("reproduce").main(args) == 0
+    args = ["vgg16_cifar10_bin_calib", *tiny(tmp_path, epochs=2), "--calib", "none", "--calib-batches", "1"]
+    assert script("reproduce").main([*args, "--stop-after-epoch", "1"]) == 0
+    # --resume continues the parent's stage; the entry's own stage has no checkpoint and starts once it is done.
+    assert script("reproduce").main([*args, "--resume"]) == 0
     _check_outputs(tmp_path, "vgg16_cifar10_fp32_calib", "calib_ann")
     records, summary = _check_outputs(tmp_path, "vgg16_cifar10_bin_calib", "calib_cbp")
     assert {"lagsum", "train_loss", "cfs", "g", "off_level", "train_top1", "test_top1_lossless"} <= set(records[0])
@@ -76,6 +78,13 @@ def test_stbp_pipeline(tmp_path):
     _check_quantized(qsnn_zoo.create_model("cnn7_cifar10_bin_stbp", weights=tmp_path / "cnn7_cifar10_bin_stbp"))
 
 
-def test_quantize_refuses_a_missing_parent(tmp_path):
-    with pytest.raises(Exception, match="reproduce.py cnn7_cifar10_fp32_stbp"):
-        script("quantize_cbp").main(["cnn7_cifar10_fp32_stbp", "--quant", "bin", *tiny(tmp_path)])
+@pytest.mark.parametrize("name, args, message", [
+    ("quantize_cbp", ["cnn7_cifar10_fp32_stbp", "--quant", "bin"], "reproduce.py cnn7_cifar10_fp32_stbp"),
+    ("reproduce", ["cnn7_cifar10_bin_stbpp"], "Closest names: cnn7_cifar10_bin_stbp"),
+    ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--data", "no-such-dir"], "data directory no-such-dir does not exist"),
+])
+def test_a_user_error_is_one_line_and_exit_2(tmp_path, capsys, name, args, message):
+    flags = [*tiny(tmp_path), *args]  # the later --data wins
+    assert script(name).main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{name}.py: error: ") and message in err and err.count("\n") == 1, err

@@ -25,13 +25,24 @@ def _without_timing(records):
     return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in records]
 
 
-def test_interrupted_cbp_run_resumes_to_the_same_result(tmp_path):
-    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
-    _run(tmp_path / "whole", parent)
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    return random_parent(tmp_path_factory.mktemp("parent"), "vgg16_cifar10_fp32_calib")
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, parent):
+    """OUT of the uninterrupted two-epoch run, which the tests below compare their runs with."""
+    out = tmp_path_factory.mktemp("whole")
+    _run(out, parent)
+    return out
+
+
+def test_interrupted_cbp_run_resumes_to_the_same_result(tmp_path, parent, whole_run):
     _run(tmp_path / "split", parent, "--stop-after-epoch", "1")
     assert not (tmp_path / "split" / NAME / f"{NAME}.safetensors").exists()
     _run(tmp_path / "split", parent, "--resume")
-    whole, split = (tmp_path / d / NAME for d in ("whole", "split"))
+    whole, split = whole_run / NAME, tmp_path / "split" / NAME
     (state, meta), (resumed, resumed_meta) = (read_state(d / f"{NAME}.safetensors") for d in (whole, split))
     assert meta == resumed_meta and state.keys() == resumed.keys()
     assert all(torch.equal(state[k], resumed[k]) for k in state)
@@ -41,28 +52,25 @@ def test_interrupted_cbp_run_resumes_to_the_same_result(tmp_path):
     assert json.loads((split / "summary.json").read_text())["test"] == json.loads((whole / "summary.json").read_text())["test"]
 
 
-def test_time_budget_stops_at_an_epoch_boundary_and_resumes_to_the_same_result(tmp_path):
+def test_time_budget_stops_at_an_epoch_boundary_and_resumes_to_the_same_result(tmp_path, parent, whole_run):
     """A budget that the first epoch already uses up: the stage stops after it with a checkpoint and
     no weights file, and --resume then ends with the uninterrupted run's weights."""
-    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
-    _run(tmp_path / "whole", parent, "--checkpoint-seconds", "1e9")
     _run(tmp_path / "split", parent, "--time-budget", "1e-6", "--checkpoint-seconds", "1e9")
     split = tmp_path / "split" / NAME
     assert not (split / f"{NAME}.safetensors").exists()
     assert [r["epoch"] for r in read_metrics(split / "calib_cbp" / "metrics.jsonl")] == [0]
     _run(tmp_path / "split", parent, "--resume")
-    (state, _), (resumed, _) = (read_state(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("whole", "split"))
+    (state, _), (resumed, _) = (read_state(d / NAME / f"{NAME}.safetensors") for d in (whole_run, tmp_path / "split"))
     assert all(torch.equal(state[k], resumed[k]) for k in state)
     records = read_metrics(split / "calib_cbp" / "metrics.jsonl")
     assert {"code_flips", "code_flips_last", "firing_rates"} <= set(records[-1])
     assert 0 <= records[-1]["code_flips_last"] <= 1 and len(records[-1]["firing_rates"]) == 18  # 13 convs + 5 pools
 
 
-def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path):
+def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path, parent):
     """How a GPU run is cut short when its time is up: stop a 3-epoch CBP run after epoch 1, then
     ``--epochs 1 --resume`` publishes exactly what ``--epochs 1`` would have (CBP's lr is constant and
     its g schedule does not look at the epoch count)."""
-    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
     short = [NAME, *tiny(tmp_path / "short", epochs=1), "--parent-weights", str(parent), "--period-max", "1"]
     assert script("quantize_cbp").main(short) == 0
     cut = [NAME, *tiny(tmp_path / "cut", epochs=3), "--parent-weights", str(parent), "--period-max", "1"]
@@ -75,26 +83,24 @@ def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path):
     assert all(torch.equal(state[k], finished[k]) for k in state)
 
 
-def test_deterministic_flag_switches_torch_to_deterministic_algorithms(tmp_path, monkeypatch):
+def test_deterministic_flag_switches_torch_to_deterministic_algorithms(tmp_path, monkeypatch, parent):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
     try:
-        _run(tmp_path / "run", parent, "--deterministic")
+        # The switch happens before training starts; one epoch of the two is enough to pass it.
+        _run(tmp_path / "run", parent, "--deterministic", "--stop-after-epoch", "1")
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(False)
 
 
-def test_same_command_twice_writes_the_same_file(tmp_path):
+def test_same_command_twice_writes_the_same_file(tmp_path, parent, whole_run):
     from qsnn_zoo.hub import sha256_of
 
-    parent = random_parent(tmp_path, "vgg16_cifar10_fp32_calib")
-    for out in ("first", "second"):
-        _run(tmp_path / out, parent)
-    first, second = (sha256_of(tmp_path / d / NAME / f"{NAME}.safetensors") for d in ("first", "second"))
+    _run(tmp_path / "second", parent)
+    first, second = (sha256_of(out / NAME / f"{NAME}.safetensors") for out in (whole_run, tmp_path / "second"))
     assert first == second
 
 

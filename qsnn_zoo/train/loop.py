@@ -6,8 +6,9 @@ and are read once per epoch.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import numpy as np
 import torch
@@ -18,6 +19,27 @@ from ..data import ImageSet, to_tensor
 from ..metrics import accuracy
 from .distributed import DistInfo, all_reduce_sum
 from .losses import compute_loss
+
+
+# Per-epoch values read back from the device whose non-finite value means the run has diverged: the
+# loss, the Lagrangian sum (SPEC B.5) and the CBP multipliers' statistics.
+FINITE_METRICS = ("train_loss", "lagsum", "lambda_mean", "lambda_max")
+
+
+class NonFiniteError(ArithmeticError):
+    """Training produced a NaN or infinite loss, Lagrangian or multiplier."""
+
+
+def check_finite(record: Dict[str, Any]) -> None:
+    """Stops a diverged run on the epoch's record, before its state is checkpointed; the step itself
+    never synchronises to look."""
+    bad = {k: record[k] for k in FINITE_METRICS if record.get(k) is not None and not math.isfinite(record[k])}
+    if bad:
+        values = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise NonFiniteError(
+            f"training diverged in epoch {record['epoch'] + 1} ({values}); the checkpoint of the epoch before "
+            "is kept. Start the stage again with a lower --lr (and --lambda-lr for CBP)"
+        )
 
 
 class TrainForward(nn.Module):

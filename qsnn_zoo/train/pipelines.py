@@ -36,14 +36,14 @@ from ..layers.quant import quantized_modules, weight_codes
 from ..weights import atomic_write, save_weights
 from . import distributed
 from .checkpoint import (
-    CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_everything, set_rng_state, use_deterministic_algorithms,
+    CHECKPOINT_NAME, restore_checkpoint, save_checkpoint, seed_everything, use_deterministic_algorithms,
 )
 from .config import Recipe, RunOptions
 from .data import Augment, DeviceLoader, holdout_split
 from .distributed import DistInfo
 from .graph import GraphedTrainStep
 from .losses import is_summed
-from .loop import StepRule, TrainForward, evaluate, train_epoch
+from .loop import StepRule, TrainForward, check_finite, evaluate, train_epoch
 from .metrics_log import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
 
 SUMMARY_NAME = "summary.json"
@@ -202,16 +202,8 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         cbp = CBP(model, optimizer, recipe.lambda_lr, recipe.lambda_optimizer, recipe.period_max, recipe.drop_lr_at_g20)
     start_epoch, best = 0, {"val_top1": -1.0, "epoch": None, "state": None}
     checkpoint_path = run.stage_dir / CHECKPOINT_NAME
-    if opts.resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=run.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if cbp is not None:
-            cbp.load_state_dict(state["cbp"])
-        start_epoch, best = state["epoch"], state["best"]
-        set_rng_state(state["rng"])
+    if opts.resume:
+        start_epoch, best = restore_checkpoint(checkpoint_path, run.device, model, optimizer, scheduler, cbp)
         run.log(f"resumed {run.name}/{recipe.stage} at epoch {start_epoch}")
     elif cbp is not None:
         cbp.start()
@@ -243,6 +235,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
             record.update(cbp.stats())
             record.update(flips.epoch_end())
             record["firing_rates"] = firing_rates(model, data.test, run.entry, run.device)
+        check_finite(record)
         if scheduler is not None:
             scheduler.step()
         if data.val is not None:

@@ -2,21 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
-from .._registry import get_entry
-from ..hub import WeightsNotFoundError, resolve_weights
+from .._registry import UnknownModelError, get_entry
+from ..data import DataError
+from ..hub import HashMismatchError, WeightsNotFoundError, resolve_weights
 from ..signals import exit_on_sigterm
+from ..weights import WeightsFormatError
+from .checkpoint import CheckpointError
 from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
 from . import distributed
+from .loop import NonFiniteError
 from .pipelines import run_stage, weights_path
 
 # Recipe settings a quick run shares with the parent that reproduce.py trains first: its length, size
 # and the SNN-Calibration conversion settings. The others (learning rates, optimizers, clipping, ...)
 # differ between fp32 training and CBP and stay the parent's own.
 SHARED_WITH_PARENT = ("epochs", "batch_size", "T", "use_bn", "trial", "calib", "calib_batches")
+
+# Failures of a run that the user can fix (a name, a file, the data, a checkpoint, a diverging recipe).
+USER_ERRORS = (
+    UnknownModelError, DataError, WeightsNotFoundError, HashMismatchError, WeightsFormatError, CheckpointError,
+    NonFiniteError,
+)
+EXIT_USER_ERROR = 2
+
+
+def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Makes a training script's ``main`` print one line naming the problem and the fix for a
+    :data:`USER_ERRORS` failure and return exit status 2, as the ``qsnn-zoo`` command does; any other
+    exception is a bug and keeps its traceback."""
+    program = Path(main.__code__.co_filename).name
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as err:
+            print(f"{program}: error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+
+    return guarded
 
 
 def parser(description: str) -> argparse.ArgumentParser:
