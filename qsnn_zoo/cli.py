@@ -356,6 +356,12 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"the Hub refused the push of {args.name} to {args.repo_id}: {reason}. Log in with `hf auth login` or set "
             "HF_TOKEN to a token that may write to that repository."
         ) from None
+    except (OSError, RuntimeError) as err:  # the connection or a file upload broke off
+        reason = " ".join(str(err).split())
+        raise CLIError(
+            f"the push of {args.name} to {args.repo_id} did not complete: {reason}. Nothing was pinned; run the same "
+            "command again."
+        ) from None
     print(f"pushed {args.name} to {args.repo_id}@{commit}; qsnn_zoo/published.json now pins that commit "
           "(regenerate the cards with `python scripts/make_cards.py`).")
     return 0

@@ -110,6 +110,20 @@ def test_a_push_the_hub_refuses_exits_2_with_one_line_and_records_nothing(fake_h
     assert _registry.PUBLISHED_FILE.read_text() == before and REPO not in fake_hub.repos
 
 
+def test_a_push_whose_upload_breaks_off_exits_2_with_one_line_and_records_nothing(fake_hub, monkeypatch, capsys):
+    from qsnn_zoo import hub_repository
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("upload of model.safetensors failed: connection reset")
+
+    before = _registry.PUBLISHED_FILE.read_text()
+    monkeypatch.setattr(hub_repository, "push_entry", broken)
+    assert cli.main(["push", NAME, "--repo-id", REPO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "connection reset" in err and "run the same command again" in err
+    assert _registry.PUBLISHED_FILE.read_text() == before
+
+
 def test_an_entry_without_a_published_file_cannot_be_pushed(fake_hub, capsys):
     assert cli.main(["push", "vgg16_cifar100_bin_calib", "--repo-id", REPO]) == 2
     assert "no published weights" in capsys.readouterr().err and fake_hub.requests == []
