@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import torch
 
-from . import cbp
+from . import cbp, cbp_kernel
 from .layers import fused, neurons, quant
 from .layers.neurons import IFNeuron
 from .models._base import SpikingModel
@@ -43,10 +43,10 @@ def neuron_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str
 
     def if_pair(initial=None):
         return (lambda c: neurons.if_soft_reset(c, th, shift, initial, 2.0),
-                lambda c: fused.if_soft_reset(c, th, shift, initial, 2.0))
+                lambda c: neurons.if_soft_reset_fast(c, th, shift, initial, 2.0))
 
-    lif = (lambda c: neurons.lif_hard_reset(c, 0.5, 0.25, 0.5), lambda c: fused.lif_hard_reset(c, 0.5, 0.25, 0.5))
-    tssl = (lambda c: neurons.tssl_neuron(c, 5.0, 3.0, 1.0, 0.2), lambda c: fused.tssl_neuron(c, 5.0, 3.0, 1.0, 0.2))
+    lif = (lambda c: neurons.lif_hard_reset(c, 0.5, 0.25, 0.5), lambda c: neurons.lif_hard_reset_fast(c, 0.5, 0.25, 0.5))
+    tssl = (lambda c: neurons.tssl_neuron(c, 5.0, 3.0, 1.0, 0.2), lambda c: neurons.tssl_neuron_fast(c, 5.0, 3.0, 1.0, 0.2))
     return {
         "if": (*if_pair(), current),
         "if_initial_potential": (*if_pair(init), current),
@@ -56,7 +56,7 @@ def neuron_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str
         "if_bf16": (lambda c: if_pair()[0](c.float()).to(c.dtype), if_pair()[1], lambda: current(dtype=torch.bfloat16)),
         "lif_decay_0.25": (*lif, current),
         "lif_decay_0.8": (lambda c: neurons.lif_hard_reset(c, 0.5, 0.8, 0.5),
-                          lambda c: fused.lif_hard_reset(c, 0.5, 0.8, 0.5), current),
+                          lambda c: neurons.lif_hard_reset_fast(c, 0.5, 0.8, 0.5), current),
         "lif_constant_input": (*lif, constant_over_time),
         "lif_bf16": (lambda c: lif[0](c.float()).to(c.dtype), lif[1], lambda: current(dtype=torch.bfloat16)),
         "tssl": (*tssl, lambda: current(scale=2.0)),
@@ -107,8 +107,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels_last: bool = False) -> dict:
-    """``fused.if_soft_reset_layer`` without dropout against the reference layer (current + conv
-    bias + calibration bias, then the IF neuron): spikes, current and bias gradients."""
+    """``neurons.if_layer_fast`` (the fused layer kernel where it runs) without dropout against the
+    reference layer (current + conv bias + calibration bias, then the IF neuron): spikes, current
+    and bias gradients."""
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(T * step_shape[0], *step_shape[1:], generator=gen).to(device)
     if channels_last:
@@ -119,8 +120,8 @@ def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels
     leaves = [base.unflatten(0, (T, step_shape[0])).detach().requires_grad_() for _ in range(2)]
     biases = [bias.clone().requires_grad_() for _ in range(2)]
     with torch.no_grad():
-        inference = fused.if_soft_reset_layer(leaves[0], th, 0.5 / T, None, 2.0, bias, calib)
-    out = fused.if_soft_reset_layer(leaves[0], th, 0.5 / T, None, 2.0, biases[0], calib)
+        inference = neurons.if_layer_fast(leaves[0], th, 0.5 / T, None, 2.0, bias, calib)
+    out = neurons.if_layer_fast(leaves[0], th, 0.5 / T, None, 2.0, biases[0], calib)
     view = (-1, *[1] * (len(step_shape) - 2))
     ref = neurons.if_soft_reset(leaves[1] + biases[1].view(view) + calib.view(view), th, 0.5 / T, None, 2.0)
     weights = torch.randn(ref.shape, generator=gen).to(device)
@@ -144,7 +145,7 @@ def dropout_statistics(device="cpu", p: float = 0.25, T: int = 4, step_shape=(8,
 
     def layer(current, seed, prob=p):
         torch.manual_seed(seed)
-        return fused.if_soft_reset_layer(current, th, 0.5 / T, None, 2.0, None, None, prob)
+        return neurons.if_layer_fast(current, th, 0.5 / T, None, 2.0, None, None, prob)
 
     keep = layer(always, 7) != 0
     rate = keep.float().mean(dim=tuple(range(1, keep.dim())))
@@ -208,7 +209,7 @@ def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True, 
 
 
 def compare_penalty(device="cpu", n: int = 5000) -> dict:
-    """``fused.constraint_penalty`` against ``sum(lambda * cbp.constraint(...))`` for both modes and
+    """``cbp_kernel.constraint_penalty`` against ``sum(lambda * cbp.constraint(...))`` for both modes and
     several windows: value within rounding, gradient exact."""
     gen = torch.Generator().manual_seed(5)
     worst_value, grads_equal = 0.0, True
@@ -217,7 +218,7 @@ def compare_penalty(device="cpu", n: int = 5000) -> dict:
             w = (torch.randn(n, generator=gen) * 0.6).to(device).requires_grad_()
             lam = torch.rand(n, generator=gen).to(device)
             scale = torch.tensor(0.37, device=device)
-            fast = fused.constraint_penalty(w, lam, scale, mode, cbp.window(g))
+            fast = cbp_kernel.constraint_penalty(w, lam, scale, mode, cbp.window(g))
             if fast is None:
                 return {"used_kernel": False}
             g_fast, = torch.autograd.grad(fast * 1.5, w)

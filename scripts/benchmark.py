@@ -347,7 +347,7 @@ def check_neurons(device: torch.device) -> dict:
 
 def check_layers(device: torch.device) -> dict:
     """The fused VGG-layer pieces and the CBP penalty against their references on the device. A
-    piece that fails to compile or to match is switched off (``fused.DISABLED``), so everything
+    piece that fails to compile or to match is switched off (``fused.set_piece_enabled``), so everything
     after this is timed on the path used before that piece existed, and the report says so."""
     results = {}
     for name, (piece, check) in LAYER_CHECKS.items():
@@ -359,7 +359,7 @@ def check_layers(device: torch.device) -> dict:
         r["piece"] = piece
         results[name] = r
         if not r["ok"]:
-            fused.DISABLED.add(piece)
+            fused.set_piece_enabled(piece, False)
     return results
 
 
@@ -407,13 +407,14 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
         failure = None if out["check"]["ok"] else f"check with fused pieces failed: {out['check']}"
     except Exception as error:
         failure = f"check with fused pieces: {type(error).__name__}: {error}"[:2000]
-    if failure is not None and not set(fused.PIECES) <= fused.DISABLED:
+    if failure is not None and not set(fused.PIECES) <= fused.disabled_pieces():
         # A fused piece that passed its own check but fails inside the model: switch all of them
         # off and check (and time) the path that existed before them.
-        fused.DISABLED.update(fused.PIECES)
+        for piece in fused.PIECES:
+            fused.set_piece_enabled(piece, False)
         out["errors"].append(failure)
         out["check"] = check_model(model, name, device, args.quick)
-    out["fused_pieces_off"] = sorted(fused.DISABLED)
+    out["fused_pieces_off"] = sorted(fused.disabled_pieces())
     if stage and device.type == "cuda":
         try:
             out["graph_check"] = check_graph_step(name, device, T, train_batch)

@@ -23,7 +23,6 @@ given or on random images of CIFAR-10's shapes, and reports per stage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -230,19 +229,6 @@ def plain_step(model: nn.Module, device: torch.device, batch: int):
     return step
 
 
-@contextlib.contextmanager
-def fused_pieces_off(pieces):
-    """Our fused layer kernels off, so that every neuron runs through its module (and its
-    replacement); restored afterwards."""
-    before = set(fused.DISABLED)
-    fused.DISABLED.update(pieces)
-    try:
-        yield
-    finally:
-        fused.DISABLED.clear()
-        fused.DISABLED.update(before)
-
-
 def spikingjelly_comparison(args) -> dict:
     try:
         version = importlib.metadata.version("spikingjelly")
@@ -260,7 +246,7 @@ def spikingjelly_comparison(args) -> dict:
         del ours
         torch.manual_seed(0)
         theirs = with_spikingjelly_neurons(prepare(qsnn_zoo.create_model(name, T=T).to(device), "fast"))
-        with fused_pieces_off(fused.PIECES):
+        with fused.pieces_disabled(*fused.PIECES):  # the fused layers bypass the neuron modules we replaced
             row["spikingjelly_s"] = median_time(plain_step(theirs, device, batch), device, args.warmup, args.runs)
         row["speedup"] = row["spikingjelly_s"] / row["ours_s"]
         rows.append(row)

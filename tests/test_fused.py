@@ -72,24 +72,43 @@ def test_cpu_without_interpreter_falls_back_to_reference():
         pytest.skip("this process interprets kernels")
     x = torch.randn(3, 2, 5)
     assert not fused.triton_enabled(x)
-    assert torch.equal(fused.lif_hard_reset(x, 0.5, 0.25, 0.5), neurons.lif_hard_reset(x, 0.5, 0.25, 0.5))
+    assert fused.lif_hard_reset(x, 0.5, 0.25, 0.5) is None  # no kernel: the caller chooses the reference
+    assert torch.equal(neurons.lif_hard_reset_fast(x, 0.5, 0.25, 0.5), neurons.lif_hard_reset(x, 0.5, 0.25, 0.5))
 
 
-def test_disabled_piece_is_off_and_unknown_piece_refused():
+def test_pieces_switch_off_and_on_and_unknown_piece_refused():
     x = torch.randn(2, 4, 4, 4)
-    fused.DISABLED.add("pool")
+    with fused.pieces_disabled("pool"):
+        assert not fused.piece_enabled("pool", x) and fused.disabled_pieces() == {"pool"}
+    assert fused.disabled_pieces() == frozenset()
+    fused.set_piece_enabled("penalty", False)
     try:
-        assert not fused.piece_enabled("pool", x)
+        assert "penalty" in fused.disabled_pieces()
     finally:
-        fused.DISABLED.discard("pool")
+        fused.set_piece_enabled("penalty", True)
+    assert fused.disabled_pieces() == frozenset()
     with pytest.raises(ValueError, match="unknown fused piece"):
         fused.piece_enabled("conv", x)
+    with pytest.raises(ValueError, match="unknown fused piece"):
+        fused.set_piece_enabled("conv", False)
 
 
 def test_trained_threshold_keeps_reference_autograd():
     threshold = torch.tensor(0.7, requires_grad=True)
-    fused.if_soft_reset(torch.randn(3, 2, 5), threshold, 0.1, None, 2.0).sum().backward()
+    assert fused.if_soft_reset(torch.randn(3, 2, 5), threshold, 0.1, None, 2.0) is None
+    neurons.if_soft_reset_fast(torch.randn(3, 2, 5), threshold, 0.1, None, 2.0).sum().backward()
     assert threshold.grad is not None
+
+
+def test_kernels_never_import_the_neurons():
+    """The neurons own the choice of backend; the kernels module stands alone (no import circle)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(fused))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {"neurons", "layers.neurons", "qsnn_zoo.layers.neurons"} & imported
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Fused kernels of the fast paths: multi-step neurons (one kernel runs the whole forward over T,
 one the whole backward), the rest of a VGG layer around its IF neuron (biases, dropout, the 2x2
-pooling conv) and the CBP penalty.
+pooling conv) and the quantizer. CBP's penalty kernel lives beside the engine, in ``qsnn_zoo.cbp_kernel``.
 
 Each neuron function here computes the same function as its namesake in :mod:`.neurons` (the
 readable reference), each other function names its reference; all are tested equal to them. On
 CUDA tensors (or on the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests
-use) a Triton kernel pair runs; anywhere else the call falls back to the reference.
+use) a Triton kernel pair runs; where none can, a function returns None and its caller, which owns
+the choice of backend (the neurons, the VGG layer, the quantizer, CBP), takes the reference. This
+module imports none of them.
 
 Why it is faster: the reference launches a handful of elementwise kernels per step and autograd
 saves several full-size fp32 tensors per step. The forward kernel reads each input current once,
@@ -16,12 +18,11 @@ fp32 inputs give bit-identical spikes; bf16 currents (under autocast) are widene
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Tuple
+from typing import FrozenSet, Iterator, Optional, Tuple
 
 import torch
-
-from . import neurons
 
 try:
     import triton
@@ -37,7 +38,7 @@ _LAUNCH = {"enable_fp_fusion": False}
 
 
 PIECES = ("if_layer", "pool", "penalty", "quantize")
-DISABLED: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
+_disabled: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
 
 
 def triton_enabled(t: torch.Tensor) -> bool:
@@ -45,12 +46,43 @@ def triton_enabled(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or _INTERPRET)
 
 
-def piece_enabled(piece: str, t: torch.Tensor) -> bool:
-    """Whether the fused ``piece`` (one of PIECES) runs for ``t``. A piece can be switched off by
-    adding it to DISABLED, e.g. when its on-device check fails (scripts/benchmark.py does so)."""
+def _check_piece(piece: str) -> None:
     if piece not in PIECES:
         raise ValueError(f"unknown fused piece {piece!r}; expected one of {PIECES}")
-    return piece not in DISABLED and triton_enabled(t)
+
+
+def piece_enabled(piece: str, t: torch.Tensor) -> bool:
+    """Whether the fused ``piece`` (one of PIECES) runs for ``t``."""
+    _check_piece(piece)
+    return piece not in _disabled and triton_enabled(t)
+
+
+def set_piece_enabled(piece: str, enabled: bool) -> None:
+    """Switches the fused ``piece`` on or off for this process (as timm's ``set_fused_attn``): off,
+    its callers take the path they took before it, e.g. when its on-device check fails
+    (scripts/benchmark.py) or to time a network without it."""
+    _check_piece(piece)
+    if enabled:
+        _disabled.discard(piece)
+    else:
+        _disabled.add(piece)
+
+
+def disabled_pieces() -> FrozenSet[str]:
+    return frozenset(_disabled)
+
+
+@contextlib.contextmanager
+def pieces_disabled(*pieces: str) -> Iterator[None]:
+    """The given pieces off inside the block, as they were after it."""
+    before = disabled_pieces()
+    try:
+        for piece in pieces:
+            set_piece_enabled(piece, False)
+        yield
+    finally:
+        for piece in PIECES:
+            set_piece_enabled(piece, piece not in before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,55 +379,6 @@ if triton is not None:
         tl.store(gx_ptr + base + sh, (g * tl.load(w + 2, mask=mask, other=0.0)).to(dtype), mask=mask)
         tl.store(gx_ptr + base + sh + sw, (g * tl.load(w + 3, mask=mask, other=0.0)).to(dtype), mask=mask)
 
-    # ------------------------------------------------------------------------ CBP penalty lambda * C_g(W)
-
-    @triton.jit
-    def _interval_offset(w, s, TERNARY: tl.constexpr):
-        """w - q_p, as cbp._offset_in_interval."""
-        if TERNARY:
-            x = tl.where(w < 0, w + s, w)
-        else:
-            x = w + s
-        return x
-
-    @triton.jit
-    def _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY: tl.constexpr, BLOCK: tl.constexpr):
-        """This block's weights and multipliers, the scale s, the level gap and its half."""
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < N
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        lam = tl.load(lam_ptr + offs, mask=mask, other=0.0)
-        s = tl.load(scale_ptr)
-        if TERNARY:
-            gap = s
-        else:
-            gap = 2 * s
-        return offs, mask, w, lam, s, gap, gap / 2
-
-    @triton.jit
-    def _penalty_forward_kernel(w_ptr, lam_ptr, scale_ptr, partial_ptr, N, u, TERNARY: tl.constexpr,
-                                BLOCK: tl.constexpr):
-        offs, mask, w, lam, s, gap, half = _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY, BLOCK)
-        # cbp.constraint_value, operation for operation
-        outside = tl.maximum(tl.abs(w) - s, 0.0)
-        x = _interval_offset(tl.minimum(tl.maximum(w, -s), s), s, TERNARY)
-        d = tl.minimum(x, gap - x)
-        inside = tl.where(d <= u * half, 2 * d, 0.0)
-        c = tl.where(outside > 0, 2 * outside, inside)
-        tl.store(partial_ptr + tl.program_id(0), tl.sum(lam * c, axis=0))
-
-    @triton.jit
-    def _penalty_backward_kernel(w_ptr, lam_ptr, scale_ptr, gout_ptr, gw_ptr, N, u, TERNARY: tl.constexpr,
-                                 BLOCK: tl.constexpr):
-        offs, mask, w, lam, s, gap, half = _penalty_operands(w_ptr, lam_ptr, scale_ptr, N, TERNARY, BLOCK)
-        # cbp.constraint_grad, operation for operation
-        x = _interval_offset(w, s, TERNARY)
-        grad = tl.where(x < u * half, 2.0, tl.where(x >= gap - u * half, -2.0, 0.0))
-        grad = tl.where(w < -s, -2.0, grad)
-        grad = tl.where(w >= s, 2.0, grad)
-        tl.store(gw_ptr + offs, tl.load(gout_ptr) * lam * grad, mask=mask)
-
-
     # ------------------------------------------------------------------------ quantizer Q(W)
 
     @triton.jit
@@ -572,29 +555,6 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
 
-class _PenaltyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight, multiplier, scale, ternary, u):
-        n = weight.numel()
-        partial = torch.empty(triton.cdiv(n, BLOCK), dtype=torch.float32, device=weight.device)
-        s = scale.detach().to(torch.float32).reshape(1)
-        _penalty_forward_kernel[_grid(n)](weight, multiplier, s, partial, n, u, TERNARY=ternary, BLOCK=BLOCK,
-                                          **_LAUNCH)
-        ctx.save_for_backward(weight, multiplier, s)
-        ctx.constants = (ternary, u)
-        return partial.sum()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        weight, multiplier, s = ctx.saved_tensors
-        ternary, u = ctx.constants
-        grad_w = torch.empty_like(weight)
-        _penalty_backward_kernel[_grid(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
-                                                        grad_w, weight.numel(), u, TERNARY=ternary, BLOCK=BLOCK,
-                                                        **_LAUNCH)
-        return grad_w, None, None, None, None
-
-
 # ---------------------------------------------------------------------------------------------
 # The functions the neurons call with backend "fast" (same signatures as in .neurons)
 # ---------------------------------------------------------------------------------------------
@@ -606,14 +566,18 @@ def if_soft_reset(
     shift_per_step: float,
     initial_potential: Optional[torch.Tensor],
     alpha: float,
-) -> torch.Tensor:
-    """Fused :func:`.neurons.if_soft_reset`: spikes ``[T, B, ...]`` of value ``threshold``."""
-    trained_state = threshold.requires_grad or (initial_potential is not None and initial_potential.requires_grad)
-    if not triton_enabled(current) or trained_state:
-        # The kernels give gradients for the current only; a trained threshold or start potential
-        # (never the case in the zoo's recipes) keeps the reference's full autograd.
-        return neurons.if_soft_reset(current, threshold, shift_per_step, initial_potential, alpha)
+) -> Optional[torch.Tensor]:
+    """Fused :func:`.neurons.if_soft_reset`: spikes ``[T, B, ...]`` of value ``threshold``; None where
+    no kernel runs."""
+    if not triton_enabled(current) or _trained_state(threshold, initial_potential):
+        return None
     return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, None, None, 0.0, None)
+
+
+def _trained_state(threshold: torch.Tensor, initial_potential: Optional[torch.Tensor]) -> bool:
+    # The kernels give gradients for the current only; a trained threshold or start potential
+    # (never the case in the zoo's recipes) keeps the reference's full autograd.
+    return threshold.requires_grad or (initial_potential is not None and initial_potential.requires_grad)
 
 
 def if_soft_reset_layer(
@@ -625,7 +589,7 @@ def if_soft_reset_layer(
     bias: Optional[torch.Tensor] = None,
     calib_bias: Optional[torch.Tensor] = None,
     dropout: float = 0.0,
-) -> torch.Tensor:
+) -> Optional[torch.Tensor]:
     """The rest of a VGG layer after its bias-free conv, in one kernel pass each way: ``current``
     ``[T, B, C, ...]`` plus the per-channel ``bias`` then ``calib_bias``, IF dynamics as
     :func:`.neurons.if_soft_reset`, then dropout with probability ``dropout`` (0: none).
@@ -633,16 +597,11 @@ def if_soft_reset_layer(
     The dropout mask is drawn per element and step, as ``nn.Dropout`` on ``[T, B, ...]`` does, from
     Triton's counter-based generator seeded from torch's generator of the current's device, and
     regenerated in the backward instead of being stored: same distribution as ``nn.Dropout``,
-    different draws.
+    different draws. None where no kernel runs (:func:`.neurons.if_layer` is the reference).
     """
     kernel_dropout = 0 <= dropout < 1 and current.shape[0] * current[0].numel() < 2**31  # int32 counters
-    trained_state = threshold.requires_grad or (initial_potential is not None and initial_potential.requires_grad)
-    if not piece_enabled("if_layer", current) or trained_state or not kernel_dropout:
-        for b in (bias, calib_bias):
-            if b is not None:
-                current = current + b.view(-1, *[1] * (current.dim() - 3)).to(current.dtype)
-        spikes = if_soft_reset(current, threshold, shift_per_step, initial_potential, alpha)
-        return torch.nn.functional.dropout(spikes, dropout) if dropout > 0 else spikes
+    if not piece_enabled("if_layer", current) or _trained_state(threshold, initial_potential) or not kernel_dropout:
+        return None
     # Drawn on the current's device: a captured CUDA graph then draws a new seed at every replay.
     seed = torch.randint(2**31 - 1, (1,), device=current.device) if dropout > 0 else None
     return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, bias, calib_bias,
@@ -674,25 +633,6 @@ def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor, gate: bool = False) -> 
     return _AvgPoolConvFunction.apply(x, weight, gate)
 
 
-def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: torch.Tensor, mode: str,
-                       u: float) -> Optional[torch.Tensor]:
-    """``(multiplier * cbp.constraint_value(weight, scale, mode, u)).sum()`` with the gradient in
-    ``weight`` of :class:`qsnn_zoo.cbp._Constraint`, in one pass forward and one backward; None
-    where no kernel runs (the caller then takes the reference). Block-wise sums: the value equals
-    the reference's within rounding, the gradient exactly."""
-    usable = (
-        piece_enabled("penalty", weight)
-        and weight.dtype == torch.float32
-        and multiplier.dtype == torch.float32
-        and weight.is_contiguous()
-        and multiplier.is_contiguous()
-        and not multiplier.requires_grad
-    )
-    if not usable:
-        return None
-    return _PenaltyFunction.apply(weight, multiplier, scale, mode == "ter", float(u))
-
-
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
     """:func:`.quant.quantize` of ``weight`` written in ``dtype`` by one kernel (no autograd: the
     caller's straight-through estimator gives the gradient); None where no kernel runs."""
@@ -706,15 +646,15 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype:
     return q
 
 
-def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float) -> torch.Tensor:
-    """Fused :func:`.neurons.lif_hard_reset`: spikes ``[T, B, ...]`` in {0, 1}."""
+def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float) -> Optional[torch.Tensor]:
+    """Fused :func:`.neurons.lif_hard_reset`: spikes ``[T, B, ...]`` in {0, 1}; None where no kernel runs."""
     if not triton_enabled(current):
-        return neurons.lif_hard_reset(current, threshold, decay, lens)
+        return None
     return _LIFFunction.apply(current, threshold, decay, lens)
 
 
 def tssl_neuron(current: torch.Tensor, tau_m: float, tau_s: float, threshold: float, alpha: float):
-    """Fused :func:`.neurons.tssl_neuron`: ``(psp, spikes)``, both ``[T, B, ...]``."""
+    """Fused :func:`.neurons.tssl_neuron`: ``(psp, spikes)``, both ``[T, B, ...]``; None where no kernel runs."""
     if not triton_enabled(current):
-        return neurons.tssl_neuron(current, tau_m, tau_s, threshold, alpha)
+        return None
     return _TSSLFunction.apply(current, tau_m, tau_s, threshold, alpha)

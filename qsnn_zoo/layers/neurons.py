@@ -6,7 +6,7 @@ through every step. State lives only inside a call, so no state leaks between ca
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -14,11 +14,20 @@ from torch import nn
 from .surrogate import atan_spike, boxcar_spike
 
 
-def _fast(name: str):
-    # Imported on use: the fused module needs Triton only on the GPU, and models must not pay for it.
-    from . import fused
+def _kernel_or(reference: Callable, name: str) -> Callable:
+    """``reference``'s fast backend: the fused kernel ``name`` where one runs for the inputs, else
+    ``reference`` itself. The neurons choose; the kernels never import this module."""
 
-    return getattr(fused, name)
+    def fast(*args):
+        # Imported on use: the fused module needs Triton only on the GPU, and models must not pay for it.
+        from . import fused
+
+        out = getattr(fused, name)(*args)
+        return reference(*args) if out is None else out
+
+    fast.__name__ = fast.__qualname__ = f"{reference.__name__}_fast"
+    fast.__doc__ = f"The fused kernel of :func:`{reference.__name__}` where one runs, else the reference."
+    return fast
 
 
 def if_soft_reset(
@@ -53,6 +62,29 @@ def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: 
         o = boxcar_spike(u - threshold, lens)
         out.append(o)
     return torch.stack(out)
+
+
+def if_layer(current: torch.Tensor, threshold: torch.Tensor, shift_per_step: float,
+             initial_potential: Optional[torch.Tensor], alpha: float, bias: Optional[torch.Tensor] = None,
+             calib_bias: Optional[torch.Tensor] = None, dropout: float = 0.0) -> torch.Tensor:
+    """Reference of the VGG layer after its bias-free conv: ``current[T, B, C, ...]`` plus the
+    per-channel ``bias`` then ``calib_bias``, :func:`if_soft_reset`, then dropout (0: none)."""
+    spikes = if_soft_reset(add_channel_biases(current, bias, calib_bias), threshold, shift_per_step,
+                           initial_potential, alpha)
+    return torch.nn.functional.dropout(spikes, dropout) if dropout > 0 else spikes
+
+
+def add_channel_biases(current: torch.Tensor, *biases: Optional[torch.Tensor]) -> torch.Tensor:
+    """``current[T, B, C, ...]`` plus each per-channel bias in turn (None: none)."""
+    for b in biases:
+        if b is not None:
+            current = current + b.view(-1, *[1] * (current.dim() - 3)).to(current.dtype)
+    return current
+
+
+if_soft_reset_fast = _kernel_or(if_soft_reset, "if_soft_reset")
+lif_hard_reset_fast = _kernel_or(lif_hard_reset, "lif_hard_reset")
+if_layer_fast = _kernel_or(if_layer, "if_soft_reset_layer")
 
 
 class SpikingNeuron(nn.Module):
@@ -101,7 +133,7 @@ class IFNeuron(SpikingNeuron):
         return f"T={self.T}, threshold={float(self.threshold):.4g}, shift={self.shift}/T, reset=soft, alpha={self.alpha}"
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        impl = _fast("if_soft_reset") if self.backend == "fast" else if_soft_reset
+        impl = if_soft_reset_fast if self.backend == "fast" else if_soft_reset
         spikes = impl(current, self.threshold, self.shift / self.T, self.initial_potential, self.alpha)
         self._record(spikes)
         return spikes
@@ -124,7 +156,7 @@ class LIFNeuron(SpikingNeuron):
         return f"threshold={self.threshold}, decay={self.decay}, reset=hard, lens={self.lens}"
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        impl = _fast("lif_hard_reset") if self.backend == "fast" else lif_hard_reset
+        impl = lif_hard_reset_fast if self.backend == "fast" else lif_hard_reset
         spikes = impl(current, self.threshold, self.decay, self.lens)
         self._record(spikes)
         return spikes
@@ -199,6 +231,9 @@ def tssl_backward(delta, du, spikes, u_pre, psp, tau_m, tau_s, threshold, alpha)
     return torch.stack(grads)
 
 
+tssl_neuron_fast = _kernel_or(tssl_neuron, "tssl_neuron")
+
+
 class TSSLNeuron(SpikingNeuron):
     """The TSSL-BP spiking neuron with its PSP output (docs/method.md §C.2, §C.4): returns a_t, not spikes.
 
@@ -217,7 +252,7 @@ class TSSLNeuron(SpikingNeuron):
         return f"tau_m={self.tau_m}, tau_s={self.tau_s}, threshold={self.threshold}, reset=zero, alpha={self.alpha}"
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        impl = _fast("tssl_neuron") if self.backend == "fast" else tssl_neuron
+        impl = tssl_neuron_fast if self.backend == "fast" else tssl_neuron
         psp, spikes = impl(current, self.tau_m, self.tau_s, self.threshold, self.alpha)
         self._record(spikes)
         return psp

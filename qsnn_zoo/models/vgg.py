@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.neurons import IFNeuron
+from ..layers.neurons import IFNeuron, add_channel_biases
 from ..layers.quant import is_quantized, make_conv2d
 from ..layers.time import constant_over_time, over_time
 from .._builder import build_model
@@ -96,6 +96,8 @@ class VGGLayer(nn.Module):
         fuse_dropout = p > 0 and not n.monitor  # a monitored neuron records its spikes before dropout
         spikes = fused.if_soft_reset_layer(current, n.threshold, n.shift / n.T, n.initial_potential, n.alpha,
                                            conv.bias, self.calib_bias, p if fuse_dropout else 0.0)
+        if spikes is None:  # no layer kernel for these inputs: the biases, then the neuron module and dropout
+            return self.snn(add_channel_biases(current, conv.bias, self.calib_bias))
         if fuse_dropout:
             return spikes
         n._record(spikes)
