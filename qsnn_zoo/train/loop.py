@@ -22,7 +22,7 @@ from .losses import compute_loss
 
 
 # Per-epoch values read back from the device whose non-finite value means the run has diverged: the
-# loss, the Lagrangian sum (SPEC B.5) and the CBP multipliers' statistics.
+# loss, the Lagrangian sum (docs/method.md §B.5) and the CBP multipliers' statistics.
 FINITE_METRICS = ("train_loss", "lagsum", "lambda_mean", "lambda_max")
 
 
