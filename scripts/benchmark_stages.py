@@ -99,7 +99,7 @@ def random_parent(name: str, directory: Path) -> Path:
 
 # ---------------------------------------------------------------- one stage, whole epochs
 
-def run_options(args, out: Path, parent: Optional[Path]) -> RunOptions:
+def stage_options(args, out: Path, parent: Optional[Path]) -> RunOptions:
     return RunOptions(
         data=str(args.data), out=str(out), device=args.device, amp=args.device != "cpu",
         cuda_graph=args.device != "cpu", progress=False, parent_weights=str(parent or ""),
@@ -119,7 +119,7 @@ def time_stage(stage: str, args, work: Path) -> dict:
     recipe = sized(recipe_for(name, stage), args)
     out = work / stage
     started = time.perf_counter()
-    run_stage(name, replace(recipe, epochs=args.epochs), run_options(args, out, parent))
+    run_stage(name, replace(recipe, epochs=args.epochs), stage_options(args, out, parent))
     wall = time.perf_counter() - started
     records = read_metrics(out / name / stage / METRICS_NAME)
     result = {
@@ -130,7 +130,7 @@ def time_stage(stage: str, args, work: Path) -> dict:
     }
     if stage == "calib_ann":  # the conversion belongs to the stage's wall time
         started = time.perf_counter()
-        run_stage(name, sized(recipe_for(name, "calib_convert"), args), run_options(args, out, None))
+        run_stage(name, sized(recipe_for(name, "calib_convert"), args), stage_options(args, out, None))
         result["convert_s"] = time.perf_counter() - started
     return result
 
@@ -261,14 +261,8 @@ def stage_command(name: str, args, out: Path, parent: Path) -> List[str]:
     command = [sys.executable, str(SCRIPTS / "quantize_cbp.py"), name, "--epochs", str(args.epochs),
                "--parent-weights", str(parent), "--out", str(out), "--data", str(args.data), "--device", args.device,
                "--no-progress", "--checkpoint-seconds", "1e9"]
-    if args.limit_train:
-        command += ["--limit-train", str(args.limit_train)]
-    if args.limit_test:
-        command += ["--limit-test", str(args.limit_test)]
-    if args.T:
-        command += ["--T", str(args.T)]
-    if args.batch:
-        command += ["--batch-size", str(args.batch)]
+    sizes = {"--limit-train": args.limit_train, "--limit-test": args.limit_test, "--T": args.T, "--batch-size": args.batch}
+    command += [word for flag, value in sizes.items() if value for word in (flag, str(value))]
     return command + (["--amp", "--cuda-graph"] if args.device != "cpu" else [])
 
 

@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -15,6 +16,14 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 import _train_helpers  # noqa: E402  (imports torch)
 
 _PYTEST_ROOTS = []
+
+
+@pytest.fixture(autouse=True)
+def default_sigterm():
+    """The CLI and the training scripts install their SIGTERM handler in the process that calls them,
+    here pytest's; put the default back so that a test run stays stoppable with SIGTERM."""
+    yield
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session", autouse=True)
