@@ -73,6 +73,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank: a decision every rank must take alike (stopping early)."""
+    if not info.enabled:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device), info).item() > 0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

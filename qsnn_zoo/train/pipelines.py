@@ -5,7 +5,8 @@ calib_convert                     turns the trained VGG16 ANN into the fp32 SNN 
 stbp_cbp, tssl_cbp, calib_cbp     quantize an fp32 parent with CBP.
 
 Every trainable stage runs the same :func:`fit` loop and writes, under ``OUT/NAME/<stage>/``,
-``checkpoint.pt`` (each epoch, atomically; ``--resume``), ``metrics.jsonl``, ``curves.png`` and
+``checkpoint.pt`` (atomically, at most every ``--checkpoint-seconds`` and when the stage stops;
+``--resume``), ``metrics.jsonl``, ``curves.png`` and
 ``summary.json``; the entry's weights go to ``OUT/NAME/NAME.safetensors``.
 
 Model selection (deliberate difference from docs/method.md §F.1): the original pipelines keep the epoch with
@@ -246,7 +247,9 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
             test = evaluate(model, data.test, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, info, opts.amp)
             record.update({"test_top1_all": test["top1_all"], "test_top1_lossless": test["top1_lossless"]})
         record["seconds"] = time.perf_counter() - started
-        out_of_time = run.deadline is not None and time.monotonic() + record["seconds"] > run.deadline
+        # Ranks clock their epochs apart; if any of them is out of time, all stop after this epoch.
+        out_of_time = distributed.any_rank(
+            run.deadline is not None and time.monotonic() + record["seconds"] > run.deadline, info, run.device)
         stopping = epoch + 1 == last_epoch or out_of_time
         if info.is_main:
             log.append(record)
