@@ -135,6 +135,28 @@ def time_stage(stage: str, args, work: Path) -> dict:
     return result
 
 
+def profile_stage(stage: str, args, work: Path, rows: int = 20) -> dict:
+    """The stage's real loop for ``args.epochs`` epochs again, under the profiler: its kernels by
+    device time (operators by CPU time on the CPU), and their sum against the wall time (what the
+    GPU did while the loop ran). Timed apart from :func:`time_stage`, since tracing slows the loop."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name = STAGES[stage]
+    parent = random_parent(name, work) if qsnn_zoo.get_entry(name).parent else None
+    recipe = replace(sized(recipe_for(name, stage), args), epochs=args.epochs)
+    on_gpu = args.device.startswith("cuda")
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        run_stage(name, recipe, stage_options(args, work / f"{stage}_profiled", parent))
+    wall = time.perf_counter() - started
+    events = prof.key_averages()
+    kernel_s = sum(e.device_time_total if on_gpu else e.self_cpu_time_total for e in events) / 1e6
+    sort_by = "cuda_time_total" if on_gpu else "self_cpu_time_total"
+    table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
+    print(table, flush=True)
+    return {"wall_s": wall, "kernel_s": kernel_s, "busy": kernel_s / wall, "table": table}
+
+
 def step_seconds(stage: str, args) -> float:
     """One training step of the stage's recipe replayed alone (bf16, CUDA graph on a GPU)."""
     name = STAGES[stage]
@@ -318,6 +340,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {stage} | {r['entry']} | {r['steps_per_epoch']} | {r['epoch_s'][0]:.1f} | "
                      f"{p['steady_epoch_s']:.2f} | {step} | {ratio} | {r['schedule_epochs']} epochs | "
                      f"{p['projected_s'] / 60:.1f} |")
+    profiled = {stage: r["profile"] for stage, r in report["stages"].items() if "profile" in r}
+    for stage, prof in profiled.items():
+        lines += ["", f"Profiled {stage} ({report['epochs']} epochs, traced): kernels {prof['kernel_s']:.1f} s of "
+                  f"{prof['wall_s']:.1f} s wall ({100 * prof['busy']:.0f} % busy)", "", "```", prof["table"].rstrip(), "```"]
     lines += ["", "| target | what | projected min | target min | met |", "|---|---|---|---|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['what']} | {t['projected_min']:.1f} | {t['target_min']} | "
@@ -358,6 +384,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-spikingjelly", dest="spikingjelly", action="store_false")
     parser.add_argument("--no-concurrency", dest="concurrency", action="store_false")
+    parser.add_argument("--profile", action="store_true",
+                        help="run each stage's epochs once more under the profiler: kernels by device time, busy fraction")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on any device: checks that the script runs")
     args = parser.parse_args(argv)
     args.T = args.batch = args.limit_train = args.limit_test = 0
@@ -379,6 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 timing = time_stage(stage, args, work)
                 timing["projection"] = project(timing, step_seconds(stage, args))
+                if args.profile:
+                    timing["profile"] = profile_stage(stage, args, work)
             except Exception as err:  # one stage's failure must not cost the others' numbers
                 timing = {"error": f"{type(err).__name__}: {err}"}
             report["stages"][stage] = timing

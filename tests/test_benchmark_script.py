@@ -47,6 +47,17 @@ def test_stage_benchmark_times_whole_epochs_and_projects_the_schedule(tmp_path, 
     assert "| tssl_fp32 | alexnet_cifar10_fp32_tsslbp |" in (tmp_path / "cpu.md").read_text()
 
 
+def test_stage_profile_lists_the_loops_work_beside_its_wall_time(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(script("benchmark").__file__).rsplit("/", 1)[0])
+    stages = script("benchmark_stages")
+    code = stages.main(["--device", "cpu", "--quick", "--stages", "tssl_fp32", "--profile", "--no-spikingjelly",
+                        "--no-concurrency", "--out", str(tmp_path), "--stem", "cpu"])
+    assert code == 0
+    profile = json.loads((tmp_path / "cpu.json").read_text())["stages"]["tssl_fp32"]["profile"]
+    assert 0 < profile["kernel_s"] and profile["wall_s"] > 0 and "aten::" in profile["table"]
+    assert "Profiled tssl_fp32" in (tmp_path / "cpu.md").read_text()
+
+
 def test_spikingjelly_neurons_replace_ours_with_the_same_dynamics():
     pytest = __import__("pytest")
     pytest.importorskip("spikingjelly")

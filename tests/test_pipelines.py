@@ -80,6 +80,31 @@ def test_stbp_pipeline(tmp_path):
     _check_quantized(qsnn_zoo.create_model("cnn7_cifar10_bin_stbp", weights=tmp_path / "cnn7_cifar10_bin_stbp"))
 
 
+def test_fast_backend_trains_in_channels_last(tmp_path, monkeypatch):
+    """The fast backend trains with weights and batches in channels_last (pipelines.memory_format)."""
+    from qsnn_zoo.train import pipelines
+
+    seen = {}
+    fit = pipelines.fit
+
+    def watching_fit(run, model, data, cbp_enabled):
+        loader = pipelines.train_loader(run, data.train)
+        loader.set_epoch(0)
+        seen["batch"] = next(iter(loader))[0]
+        seen["model"] = model
+        return fit(run, model, data, cbp_enabled)
+
+    monkeypatch.setattr(pipelines, "fit", watching_fit)
+    flags = [*tiny(tmp_path, images=10, batch=10), "--backend", "fast"]
+    assert script("train_fp32").main(["cnn7_cifar10_fp32_stbp", *flags]) == 0
+    convs = [m.weight for m in seen["model"].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    assert seen["batch"].is_contiguous(memory_format=torch.channels_last)
+    _check_outputs(tmp_path, "cnn7_cifar10_fp32_stbp", "stbp_fp32")
+    published = qsnn_zoo.create_model("cnn7_cifar10_fp32_stbp", weights=tmp_path / "cnn7_cifar10_fp32_stbp")
+    assert all(torch.equal(published.state_dict()[k], v.cpu()) for k, v in seen["model"].state_dict().items())
+
+
 @pytest.mark.parametrize("name, args, message", [
     ("quantize_cbp", ["cnn7_cifar10_fp32_stbp", "--quant", "bin"], "reproduce.py cnn7_cifar10_fp32_stbp"),
     ("reproduce", ["cnn7_cifar10_bin_stbpp"], "Closest names: cnn7_cifar10_bin_stbp"),

@@ -77,6 +77,14 @@ def test_loader_without_augmentation_normalises_as_to_tensor(sample):
     assert torch.equal(y, torch.as_tensor(sample.labels))
 
 
+def test_channels_last_batches_hold_the_same_values(sample):
+    augment = Augment(("crop_flip", "autoaugment", "cutout"))
+    make = lambda fmt: _loader(sample.images, sample.labels, augment=augment, seed=3, memory_format=fmt)  # noqa: E731
+    dense, channels_last = _epoch(make(torch.contiguous_format), 0), _epoch(make(torch.channels_last), 0)
+    assert _same_batches(dense, channels_last)
+    assert all(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x, _ in channels_last)
+
+
 def test_crop_flip_equals_torchvision_for_given_offsets_and_flips(sample):
     images = torch.as_tensor(sample.images[:6]).permute(0, 3, 1, 2).contiguous()
     offsets = torch.tensor([[0, 0], [8, 8], [3, 5], [8, 0], [1, 7], [4, 4]])

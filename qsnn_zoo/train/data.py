@@ -171,8 +171,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class DeviceLoader:
-    """Batches ``(x, y)`` of a uint8 image set held on ``device``: x float32 normalised ``[B, C, H, W]``,
-    y int64 ``[B]``.
+    """Batches ``(x, y)`` of a uint8 image set held on ``device``: x float32 normalised ``[B, C, H, W]``
+    in ``memory_format``, y int64 ``[B]``.
 
     Each epoch, ``set_epoch(e)`` fixes the permutation (identical on every rank) and the
     augmentation seeds; as with DistributedSampler, iterating again without ``set_epoch``
@@ -198,6 +198,7 @@ class DeviceLoader:
         device: Union[str, torch.device] = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
@@ -227,6 +228,7 @@ class DeviceLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.memory_format = memory_format
         self.epoch = 0
         self.start_batch = 0
 
@@ -285,10 +287,12 @@ class DeviceLoader:
         queued behind it."""
         images = self.images[index]
         if self.augment is None:
-            return self.normalise(images.float().div_(255))
-        _, _, height, width = images.shape
-        draws = [self.augment.draw(size, height, width, torch.Generator().manual_seed(seed)) for size, seed in batches]
-        return self.normalise(self.augment.apply(images, concat_draws(draws)))
+            x = images.float().div_(255)
+        else:
+            _, _, height, width = images.shape
+            draws = [self.augment.draw(size, height, width, torch.Generator().manual_seed(seed)) for size, seed in batches]
+            x = self.augment.apply(images, concat_draws(draws))
+        return self.normalise(x).contiguous(memory_format=self.memory_format)
 
 
 def holdout_split(image_set: ImageSet, val_size: int = 5000) -> Tuple[ImageSet, ImageSet]:

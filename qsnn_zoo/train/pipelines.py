@@ -142,6 +142,7 @@ def train_loader(run: Run, images: ImageSet) -> DeviceLoader:
         images.images, images.labels, per_rank, run.entry.mean, run.entry.std,
         augment=Augment(recipe.augment) if recipe.augment else None, shuffle=True, drop_last=True,
         seed=run.seed, device=run.device, rank=info.rank, world_size=info.world_size,
+        memory_format=memory_format(run),
     )
 
 
@@ -332,9 +333,20 @@ def finished(run: Run) -> bool:
 
 # ---------------------------------------------------------------- stages
 
+def memory_format(run: Run) -> torch.memory_format:
+    """channels_last for the fast backend: cuDNN's bf16 convolutions and the fused neuron kernels
+    work on it directly, where NCHW tensors are transposed around every convolution (the stage
+    benchmark's step, channels_last, against the same step in the loop, benchmarks/README.md)."""
+    return torch.channels_last if run.options.backend == "fast" else torch.contiguous_format
+
+
+def _placed(run: Run, model: nn.Module) -> nn.Module:
+    """``model`` on the run's device, backend and memory format."""
+    return model.to(run.device, memory_format=memory_format(run)).set_backend(run.options.backend)
+
+
 def _build(run: Run, name: str, **overrides: Any) -> nn.Module:
-    model = create_model(name, T=run.T, **overrides)
-    return model.to(run.device).set_backend(run.options.backend)
+    return _placed(run, create_model(name, T=run.T, **overrides))
 
 
 def _train_from_scratch(run: Run, **overrides: Any) -> nn.Module:
@@ -417,7 +429,7 @@ def quantized_child(run: Run, parent_model: nn.Module) -> nn.Module:
 
         model = to_unit_threshold_snn(parent_model, quant=run.entry.quant.mode).set_pool_gate(run.recipe.pool_gate)
         model.entry = run.entry
-        return model.to(run.device).set_backend(run.options.backend)
+        return _placed(run, model)
     model = _build(run, run.name)
     missing, unexpected = model.load_state_dict(parent_model.state_dict(), strict=False)
     scales = {f"{name}.scale" for name, _ in quantized_modules(model)}
