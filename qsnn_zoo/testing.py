@@ -18,6 +18,7 @@ import torch
 from . import cbp, cbp_kernel
 from .layers import fused, neurons, quant
 from .layers.neurons import IFNeuron
+from .layers.time import repeat_over_time
 from .models._base import SpikingModel
 
 Case = Tuple[Callable, Callable, Callable[[], torch.Tensor]]
@@ -106,24 +107,45 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels_last: bool = False) -> dict:
-    """``neurons.if_layer_fast`` (the fused layer kernel where it runs) without dropout against the
-    reference layer (current + conv bias + calibration bias, then the IF neuron): spikes, current
-    and bias gradients."""
+def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels_last: bool = False,
+                     constant_input: bool = False, dropout: float = 0.0) -> dict:
+    """``neurons.if_layer_fast`` (the fused layer kernel where it runs) against the reference layer
+    (current + conv bias + calibration bias, then the IF neuron): spikes, the gradients of the current
+    and both biases, and whether the current's gradient keeps its layout (promised by the kernel only).
+
+    With ``constant_input`` the current is one step's ``[B, C, ...]`` given to the kernel with
+    ``steps=T`` (the first VGG layer) and to the reference expanded over T. With ``dropout`` the
+    reference drops by the kernel's mask, read from a run with the same seed in which every neuron fires.
+    """
     gen = torch.Generator().manual_seed(2)
-    base = torch.randn(T * step_shape[0], *step_shape[1:], generator=gen).to(device)
+    base = torch.randn((1 if constant_input else T) * step_shape[0], *step_shape[1:], generator=gen).to(device)
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
+    if not constant_input:
+        base = base.unflatten(0, (T, step_shape[0]))
     channels = step_shape[1]
     bias, calib = (torch.randn(channels, generator=gen).to(device) * 0.3 for _ in range(2))
     th = torch.tensor(0.8, device=device)
-    leaves = [base.unflatten(0, (T, step_shape[0])).detach().requires_grad_() for _ in range(2)]
-    biases = [bias.clone().requires_grad_() for _ in range(2)]
+    fast_leaves, ref_leaves = ([t.detach().clone().requires_grad_() for t in (base, bias, calib)] for _ in range(2))
+
+    def layer(current, bias=None, calib=None):
+        torch.manual_seed(11)  # the same dropout mask at every call
+        if constant_input:
+            out = fused.if_soft_reset_layer(current, th, 0.5 / T, None, 2.0, bias, calib, dropout, steps=T)
+            if out is not None:
+                return out
+            current = repeat_over_time(current, T)
+        return neurons.if_layer_fast(current, th, 0.5 / T, None, 2.0, bias, calib, dropout)
+
     with torch.no_grad():
-        inference = neurons.if_layer_fast(leaves[0], th, 0.5 / T, None, 2.0, bias, calib)
-    out = neurons.if_layer_fast(leaves[0], th, 0.5 / T, None, 2.0, biases[0], calib)
-    view = (-1, *[1] * (len(step_shape) - 2))
-    ref = neurons.if_soft_reset(leaves[1] + biases[1].view(view) + calib.view(view), th, 0.5 / T, None, 2.0)
+        inference = layer(*fast_leaves)
+    seen = []
+    fast_leaves[0].register_hook(seen.append)  # the gradient as the layer returns it, before accumulation
+    out = layer(*fast_leaves)
+    ref_current = repeat_over_time(ref_leaves[0], T) if constant_input else ref_leaves[0]
+    ref = neurons.if_layer(ref_current, th, 0.5 / T, None, 2.0, *ref_leaves[1:])
+    if dropout:
+        ref = ref * (layer(torch.full_like(base, 2.0)) != 0) * (1 / (1 - dropout))
     weights = torch.randn(ref.shape, generator=gen).to(device)
     (out * weights).sum().backward()
     (ref * weights).sum().backward()
@@ -131,7 +153,8 @@ def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels
         "outputs_equal": torch.equal(out, ref),
         "inference_equal": torch.equal(inference, ref),
         "active_fraction": float((ref != 0).float().mean()),
-        "grad_rel_error": max(relative_error(leaves[0].grad, leaves[1].grad), relative_error(biases[0].grad, biases[1].grad)),
+        "grad_rel_error": max(relative_error(a.grad, b.grad) for a, b in zip(fast_leaves, ref_leaves)),
+        "grad_layout_kept": seen[0].stride() == base.stride(),
         "used_kernel": fused.triton_enabled(base),
     }
 
@@ -250,6 +273,13 @@ def compare_quantizer(device="cpu", n: int = 5000) -> dict:
 LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "if_layer": ("if_layer", compare_if_layer),
     "if_layer_channels_last": ("if_layer", lambda device: compare_if_layer(device, channels_last=True)),
+    "if_layer_constant_input": ("if_layer", lambda device: compare_if_layer(device, constant_input=True)),
+    "if_layer_constant_input_channels_last": (
+        "if_layer", lambda device: compare_if_layer(device, channels_last=True, constant_input=True)),
+    "if_layer_constant_input_dropout": (
+        "if_layer", lambda device: compare_if_layer(device, constant_input=True, dropout=0.25)),
+    "if_layer_constant_input_dropout_channels_last": (
+        "if_layer", lambda device: compare_if_layer(device, channels_last=True, constant_input=True, dropout=0.25)),
     "dropout": ("if_layer", dropout_statistics),
     "pool_channels_last": ("pool", compare_pool),
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
@@ -268,7 +298,7 @@ def layer_check_ok(name: str, r: dict) -> bool:
     """Whether one result of :func:`layer_checks` passes (the tests and the GPU benchmark use this)."""
     if name.startswith("if_layer"):
         return (r["outputs_equal"] and r["inference_equal"] and 0.05 < r["active_fraction"] < 0.95
-                and r["grad_rel_error"] < 1e-5)
+                and r["grad_rel_error"] < 1e-5 and (r["grad_layout_kept"] or not r["used_kernel"]))
     if name == "dropout":
         q = r["expected_keep"]
         return (all(abs(k - q) < 0.02 for k in r["keep_rate_per_step"])
@@ -313,7 +343,9 @@ def wake_up(model: SpikingModel, x: torch.Tensor, quantile: float = 0.8) -> Spik
 
 
 def run_backend(model: SpikingModel, backend: str, x: torch.Tensor, out_weights: torch.Tensor):
-    """Output steps, every neuron's spikes and every parameter's gradient of a fixed linear loss."""
+    """Output steps, every neuron's spikes and the gradients of a fixed linear loss: every
+    parameter's, and the input's under the key ``"(input)"``."""
+    x = x.detach().requires_grad_()
     model.set_backend(backend)
     model.zero_grad(set_to_none=True)
     for _, n in model.spiking_neurons():
@@ -322,6 +354,7 @@ def run_backend(model: SpikingModel, backend: str, x: torch.Tensor, out_weights:
     (out.float() * out_weights).sum().backward()
     spikes = [n.last_spikes for _, n in model.spiking_neurons()]
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads["(input)"] = x.grad
     for _, n in model.spiking_neurons():
         n.monitor, n.last_spikes = False, None
     return out.detach(), spikes, grads

@@ -125,6 +125,7 @@ def test_vgg_with_triton_kernels_through_interpreter():
     assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
     calls = result.pop("fused_calls")
     assert calls["if_soft_reset_layer"] > 0 and calls["avg_pool_conv"] > 0, "the VGG fused layer path was not taken"
+    assert calls["constant_input"] > 0, "the first layer's current was not given to the kernel unexpanded"
     training = result.pop("training")
     assert training["grads_finite"] and training["same_keys"], training
     assert 0.5 < training["dropout_keep_ratio"] < 1.0, "dropout did not act in training mode"
@@ -132,12 +133,14 @@ def test_vgg_with_triton_kernels_through_interpreter():
 
 
 def count_calls(module, names):
-    """Wraps ``module.<name>`` for each name with a call counter; returns the counts."""
-    calls = dict.fromkeys(names, 0)
+    """Wraps ``module.<name>`` for each name with a call counter; returns the counts, and under
+    ``"constant_input"`` those of calls given a constant input with ``steps``."""
+    calls = dict.fromkeys((*names, "constant_input"), 0)
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
             calls[name] += 1
+            calls["constant_input"] += kwargs.get("steps") is not None
             return fn(*args, **kwargs)
 
         return wrapper

@@ -46,8 +46,9 @@ def test_kernel_matches_reference(interpreted, case):
     assert result["grad_rel_error"] < GRAD_RTOL["bf16" if case.endswith("bf16") else "fp32"]
 
 
-LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "dropout", "pool_channels_last", "pool_contiguous", "pool_gated",
-                "penalty", "quantize")
+LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
+                "if_layer_constant_input_dropout", "if_layer_constant_input_dropout_channels_last", "dropout",
+                "pool_channels_last", "pool_contiguous", "pool_gated", "penalty", "quantize")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)

@@ -26,6 +26,10 @@ def constant_over_time(layer: Layer, x: torch.Tensor, T: int, fold: bool) -> tor
     The fast path computes it once and repeats it: exact, and T times cheaper for the first layer.
     """
     if fold:
-        y = layer(x)
-        return y.unsqueeze(0).expand(T, *y.shape)
+        return repeat_over_time(layer(x), T)
     return torch.stack([layer(x) for _ in range(T)])
+
+
+def repeat_over_time(y: torch.Tensor, T: int) -> torch.Tensor:
+    """``y`` as the value at each of ``T`` steps, ``[T, *y.shape]``: a view with time stride 0, not a copy."""
+    return y.unsqueeze(0).expand(T, *y.shape)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..layers.neurons import IFNeuron, add_channel_biases
 from ..layers.quant import is_quantized, make_conv2d
-from ..layers.time import constant_over_time, over_time
+from ..layers.time import constant_over_time, over_time, repeat_over_time
 from .._builder import build_model
 from .._registry import DATASETS, WEIGHT_KINDS, ModelEntry, NeuronSpec, QuantSpec, register_model
 from ._base import SpikingModel
@@ -90,13 +90,15 @@ class VGGLayer(nn.Module):
         def synapse(z: torch.Tensor) -> torch.Tensor:
             return fused.avg_pool_conv(z, weight, self.gate) if self.is_pool else conv._conv_forward(z, weight, None)
 
-        current = over_time(synapse, x, True) if T is None else constant_over_time(synapse, x, T, True)
+        # A constant input goes to the kernel unexpanded, which then gives its gradient summed over T.
+        current = over_time(synapse, x, True) if T is None else synapse(x)
         n = self.neuron
         p = self.dropout.p if self.training and isinstance(self.dropout, nn.Dropout) else 0.0
         fuse_dropout = p > 0 and not n.monitor  # a monitored neuron records its spikes before dropout
         spikes = fused.if_soft_reset_layer(current, n.threshold, n.shift / n.T, n.initial_potential, n.alpha,
-                                           conv.bias, self.calib_bias, p if fuse_dropout else 0.0)
+                                           conv.bias, self.calib_bias, p if fuse_dropout else 0.0, steps=T)
         if spikes is None:  # no layer kernel for these inputs: the biases, then the neuron module and dropout
+            current = current if T is None else repeat_over_time(current, T)
             return self.snn(add_channel_biases(current, conv.bias, self.calib_bias))
         if fuse_dropout:
             return spikes
