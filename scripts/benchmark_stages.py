@@ -151,7 +151,7 @@ def profile_stage(stage: str, args, work: Path, rows: int = 20) -> dict:
     wall = time.perf_counter() - started
     events = prof.key_averages()
     kernel_s = sum(e.device_time_total if on_gpu else e.self_cpu_time_total for e in events) / 1e6
-    sort_by = "cuda_time_total" if on_gpu else "self_cpu_time_total"
+    sort_by = "device_time_total" if on_gpu else "self_cpu_time_total"
     table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
     print(table, flush=True)
     return {"wall_s": wall, "kernel_s": kernel_s, "busy": kernel_s / wall, "table": table}
