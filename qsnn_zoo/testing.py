@@ -195,6 +195,17 @@ def dropout_statistics(device="cpu", p: float = 0.25, T: int = 4, step_shape=(8,
     }
 
 
+def compare_pool_int64_index(device="cpu") -> dict:
+    """:func:`compare_pool` through the kernels' int64 indexing, which inputs of 2**31 elements or
+    more take (too large to test directly)."""
+    limit = fused.INT32_ELEMENTS
+    fused.INT32_ELEMENTS = 0
+    try:
+        return compare_pool(device, gate=True)
+    finally:
+        fused.INT32_ELEMENTS = limit
+
+
 def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True, gate: bool = False) -> dict:
     """``fused.avg_pool_conv`` against the depthwise conv (followed by ReLU with ``gate``) on spikes of
     one value: exact with the converted models' equal weights, within rounding with arbitrary
@@ -284,6 +295,7 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "pool_channels_last": ("pool", compare_pool),
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
     "pool_gated": ("pool", lambda device: compare_pool(device, gate=True)),
+    "pool_int64_index": ("pool", compare_pool_int64_index),
     "penalty": ("penalty", compare_penalty),
     "quantize": ("quantize", compare_quantizer),
 }

@@ -48,7 +48,7 @@ def test_kernel_matches_reference(interpreted, case):
 
 LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
                 "if_layer_constant_input_dropout", "if_layer_constant_input_dropout_channels_last", "dropout",
-                "pool_channels_last", "pool_contiguous", "pool_gated", "penalty", "quantize")
+                "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "penalty", "quantize")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)

@@ -337,6 +337,16 @@ if triton is not None:
     # ------------------------------------------------------------------------ 2x2 depthwise pooling conv
 
     @triton.jit
+    def _pool_element(WIDE: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's flat output indices: int64 only where the input reaches 2**31 elements, since
+        each index is split into (image, channel, row, column) by division, and a GPU divides int64
+        several times slower than int32."""
+        pid = tl.program_id(0)
+        if WIDE:
+            pid = pid.to(tl.int64)
+        return pid * BLOCK + tl.arange(0, BLOCK)
+
+    @triton.jit
     def _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr):
         """Input offset of the top-left tap and the channel of each output element (flat, in memory order)."""
         if CHANNELS_LAST:
@@ -357,8 +367,8 @@ if triton is not None:
 
     @triton.jit
     def _pool_forward_kernel(x_ptr, w_ptr, y_ptr, total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr,
-                             GATE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: T*B images overflow int32
+                             GATE: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = _pool_element(WIDE, BLOCK)
         mask = offs < total
         base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
         w = w_ptr + 4 * c
@@ -373,8 +383,8 @@ if triton is not None:
 
     @triton.jit
     def _pool_backward_kernel(gy_ptr, y_ptr, w_ptr, gx_ptr, total, C, Ho, Wo, sn, sc, sh, sw,
-                              CHANNELS_LAST: tl.constexpr, GATE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                              CHANNELS_LAST: tl.constexpr, GATE: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = _pool_element(WIDE, BLOCK)
         mask = offs < total
         base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
         w = w_ptr + 4 * c
@@ -535,10 +545,16 @@ class _TSSLFunction(torch.autograd.Function):
         return grad_current, None, None, None, None
 
 
+# Tensors of this many elements or more index in int64 in the pooling kernels (_pool_element).
+INT32_ELEMENTS = 2**31
+
+
 def _pool_geometry(x: torch.Tensor, out: torch.Tensor):
-    """Kernel arguments: output size, the input's element strides and the output's memory order."""
+    """Kernel arguments: output size and the input's element strides, then the output's memory order
+    and whether indices need int64 (``x`` is the larger of the two)."""
     channels_last = not out.is_contiguous()
-    return (out.numel(), out.shape[1], out.shape[2], out.shape[3], *x.stride()), channels_last
+    wide = x.numel() >= INT32_ELEMENTS
+    return (out.numel(), out.shape[1], out.shape[2], out.shape[3], *x.stride()), channels_last, wide
 
 
 class _AvgPoolConvFunction(torch.autograd.Function):
@@ -547,9 +563,9 @@ class _AvgPoolConvFunction(torch.autograd.Function):
         B, C, H, W = x.shape
         out = torch.empty((B, C, H // 2, W // 2), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
         w = weight.detach().to(torch.float32).reshape(C, 4).contiguous()
-        geometry, channels_last = _pool_geometry(x, out)
+        geometry, channels_last, wide = _pool_geometry(x, out)
         _pool_forward_kernel[_grid(out.numel())](x, w, out, *geometry, CHANNELS_LAST=channels_last, GATE=gate,
-                                                 BLOCK=BLOCK, **_LAUNCH)
+                                                 WIDE=wide, BLOCK=BLOCK, **_LAUNCH)
         # The gate needs the pooled current in the backward: a quarter of the input's size.
         ctx.save_for_backward(w, out if gate else w)
         ctx.gate = gate
@@ -562,9 +578,9 @@ class _AvgPoolConvFunction(torch.autograd.Function):
         shape, dtype, memory_format = ctx.input_meta
         grad_out = grad_out.contiguous(memory_format=memory_format)
         grad_x = torch.empty(shape, dtype=dtype, device=grad_out.device, memory_format=memory_format)
-        geometry, channels_last = _pool_geometry(grad_x, grad_out)
+        geometry, channels_last, wide = _pool_geometry(grad_x, grad_out)
         _pool_backward_kernel[_grid(grad_out.numel())](grad_out, out, w, grad_x, *geometry, CHANNELS_LAST=channels_last,
-                                                       GATE=ctx.gate, BLOCK=BLOCK, **_LAUNCH)
+                                                       GATE=ctx.gate, WIDE=wide, BLOCK=BLOCK, **_LAUNCH)
         return grad_x, None, None
 
 
