@@ -1,15 +1,17 @@
 """Checks that a fast path computes the reference's function, shared by the tests and the benchmark.
 
 ``neuron_cases`` pairs each fused neuron with its reference on random currents (several layouts
-and dtypes); ``compare_neuron`` runs one pair. ``wake_up`` makes a randomly initialised SNN fire in
-every layer (fresh deep SNNs fall silent after a few layers, which would make a comparison vacuous);
+and dtypes, and a constant input given once with its number of steps); ``compare_neuron`` runs one
+pair. ``wake_up`` makes a randomly initialised SNN fire in every layer (fresh deep SNNs fall silent
+after a few layers, which would make a comparison vacuous);
 ``compare_backends`` runs a model with both backends. ``layer_checks`` runs the fused pieces of the
 VGG fast path (IF layer with biases and dropout, 2x2 pooling conv), the fused CBP penalty and the
 one-pass quantizer against their references.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+import functools
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch.nn.functional as F
 
@@ -21,11 +23,13 @@ from .layers.neurons import IFNeuron
 from .layers.time import repeat_over_time
 from .models._base import SpikingModel
 
-Case = Tuple[Callable, Callable, Callable[[], torch.Tensor]]
+Maker = Callable[[], torch.Tensor]
+Case = Union[Tuple[Callable, Callable, Maker], Tuple[Callable, Callable, Maker, int]]  # the int: steps
 
 
 def neuron_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str, Case]:
-    """name -> (reference, fused, current maker). The default step size leaves a partial block."""
+    """name -> (reference, fused, current maker[, steps]). The default step size leaves a partial block.
+    With steps, the maker gives one step, the input at each of that many steps (:func:`compare_neuron`)."""
     gen = torch.Generator().manual_seed(1)
 
     def current(shape=(T, *step_shape), scale=1.0, dtype=torch.float32):
@@ -46,7 +50,8 @@ def neuron_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str
         return (lambda c: neurons.if_soft_reset(c, th, shift, initial, 2.0),
                 lambda c: neurons.if_soft_reset_fast(c, th, shift, initial, 2.0))
 
-    lif = (lambda c: neurons.lif_hard_reset(c, 0.5, 0.25, 0.5), lambda c: neurons.lif_hard_reset_fast(c, 0.5, 0.25, 0.5))
+    lif = (lambda c: neurons.lif_hard_reset(c, 0.5, 0.25, 0.5),
+           lambda c, steps=None: neurons.lif_hard_reset_fast(c, 0.5, 0.25, 0.5, steps=steps))
     tssl = (lambda c: neurons.tssl_neuron(c, 5.0, 3.0, 1.0, 0.2), lambda c: neurons.tssl_neuron_fast(c, 5.0, 3.0, 1.0, 0.2))
     return {
         "if": (*if_pair(), current),
@@ -60,6 +65,11 @@ def neuron_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str
                           lambda c: neurons.lif_hard_reset_fast(c, 0.5, 0.8, 0.5), current),
         "lif_constant_input": (*lif, constant_over_time),
         "lif_bf16": (lambda c: lif[0](c.float()).to(c.dtype), lif[1], lambda: current(dtype=torch.bfloat16)),
+        # cnn7's first layer: one step given once with steps=T, its gradient the kernel's sum over T
+        "lif_constant_steps": (*lif, lambda: current(step_shape), T),
+        "lif_constant_steps_channels_last": (*lif, lambda: current(step_shape).to(memory_format=torch.channels_last), T),
+        "lif_constant_steps_bf16": (lambda c: lif[0](c.float()).to(c.dtype), lif[1],
+                                    lambda: current(step_shape, dtype=torch.bfloat16), T),
         "tssl": (*tssl, lambda: current(scale=2.0)),
         "tssl_t5": (*tssl, lambda: current((5, 2, 9, 13), 2.0)),
     }
@@ -71,10 +81,16 @@ def _outputs_equal(a, b) -> bool:
     return torch.equal(a, b)
 
 
-def compare_neuron(reference: Callable, fast: Callable, make_current: Callable[[], torch.Tensor]) -> dict:
-    """Outputs and input gradients of both on one fresh random current (a fixed random linear loss)."""
+def compare_neuron(reference: Callable, fast: Callable, make_current: Maker, steps: Optional[int] = None) -> dict:
+    """Outputs and input gradients of both on one fresh random current (a fixed random linear loss),
+    and whether ``fast`` returns the gradient in the current's layout. With ``steps``, the current is
+    one step ``[B, ...]``: ``fast`` gets it with ``steps=steps``, ``reference`` expanded over T."""
     base = make_current()
-    if base.stride(0) == 0:  # a constant input expanded over T: the gradient is the leaf's
+    if steps is not None:
+        leaf_ref, leaf_fast = (base.detach().clone().requires_grad_() for _ in range(2))
+        c_ref, c_fast = repeat_over_time(leaf_ref, steps), leaf_fast
+        fast = functools.partial(fast, steps=steps)
+    elif base.stride(0) == 0:  # a constant input expanded over T: the gradient is the leaf's
         leaf_ref, leaf_fast = (base[0].detach().clone().requires_grad_() for _ in range(2))
         c_ref, c_fast = (leaf.unsqueeze(0).expand(base.shape) for leaf in (leaf_ref, leaf_fast))
     else:
@@ -82,6 +98,8 @@ def compare_neuron(reference: Callable, fast: Callable, make_current: Callable[[
         c_ref, c_fast = leaf_ref, leaf_fast
     with torch.no_grad():  # inference takes a kernel variant that saves no state
         inference_equal = _outputs_equal(reference(c_ref), fast(c_fast))
+    seen = []
+    leaf_fast.register_hook(seen.append)  # the gradient as ``fast`` returns it, before accumulation
     out_ref, out_fast = reference(c_ref), fast(c_fast)
     outputs_equal = _outputs_equal(out_ref, out_fast)
     if isinstance(out_ref, tuple):  # TSSL: (psp, spikes); the gradient flows through the psp
@@ -97,6 +115,7 @@ def compare_neuron(reference: Callable, fast: Callable, make_current: Callable[[
         "active_fraction": float((out_ref != 0).float().mean()),
         "grad_rel_error": float((g_ref - g_fast).norm() / g_ref.norm().clamp_min(1e-30)),
         "grad_finite": bool(torch.isfinite(g_fast).all()),
+        "grad_layout_kept": seen[0].stride() == leaf_fast.stride(),
         "used_kernel": fused.triton_enabled(c_fast),
     }
 

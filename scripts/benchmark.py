@@ -310,7 +310,7 @@ def count_work(model: nn.Module, batch: int, device: torch.device) -> Dict[str, 
             macs[0] += out.numel() * module.in_features
 
     def on_neuron(module, args, out):
-        neuron_steps[0] += args[0].numel()
+        neuron_steps[0] += out.numel()  # [T, B, ...]; a constant input may come in as one step
 
     hooks = [m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     hooks += [m.register_forward_hook(on_neuron) for m in model.modules() if isinstance(m, SpikingNeuron)]

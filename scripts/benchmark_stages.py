@@ -43,6 +43,7 @@ import qsnn_zoo
 from qsnn_zoo.hub import sha256_of
 from qsnn_zoo.layers import fused
 from qsnn_zoo.layers.neurons import IFNeuron, LIFNeuron
+from qsnn_zoo.layers.time import repeat_over_time
 from qsnn_zoo.train.config import RunOptions, recipe_for, stages_for
 from qsnn_zoo.train.metrics_log import METRICS_NAME, read_metrics
 from qsnn_zoo.train.pipelines import run_stage
@@ -199,15 +200,17 @@ def targets(stages: Dict[str, dict]) -> List[dict]:
 # ---------------------------------------------------------------- SpikingJelly beside ours
 
 class SpikingJellyNeuron(nn.Module):
-    """A SpikingJelly multi-step node behind our neurons' interface: currents ``[T, B, ...]`` in,
-    spikes out, state reset after every call, as our neurons keep none between calls."""
+    """A SpikingJelly multi-step node behind our neurons' interface: currents ``[T, B, ...]`` (or one
+    step with ``steps``) in, spikes out, state reset after every call, as our neurons keep none between calls."""
 
     def __init__(self, node: nn.Module, bias: float = 0.0) -> None:
         super().__init__()
         self.node = node
         self.bias = bias  # our IF neuron's per-step threshold * shift / T, which SpikingJelly has not
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
+    def forward(self, current: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        if steps is not None:
+            current = repeat_over_time(current, steps)
         spikes = self.node(current + self.bias if self.bias else current)
         self.node.reset()
         return spikes

@@ -21,6 +21,22 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     assert "## Issue #4 anchors, H100" in text and "| vgg16_cifar10_bin_calib train | 398.00 | 8.8x | 45.23 |" in text
 
 
+def test_floor_counts_every_neuron_step_of_cnn7():
+    """cnn7's fast path gives its first LIF layer one step and the number of steps: its T steps still count."""
+    import torch
+    import qsnn_zoo
+    from qsnn_zoo.models.cnn7 import CONVS, FCS
+
+    size, per_step = 32, 0
+    for _, _, channels, stride in CONVS:
+        size //= stride
+        per_step += channels * size * size
+    per_step += sum(n_out for *_, n_out in FCS) + 10
+    model = qsnn_zoo.create_model("cnn7_cifar10_fp32_stbp", T=3)
+    work = script("benchmark").count_work(model, batch=4, device=torch.device("cpu"))
+    assert work["neuron_steps"] == 3 * 4 * per_step
+
+
 def test_each_gpu_is_held_to_its_own_anchors():
     benchmark = script("benchmark")
     assert benchmark.anchor_gpu({"gpu": "NVIDIA H200"}) == "H200"
@@ -72,3 +88,5 @@ def test_spikingjelly_neurons_replace_ours_with_the_same_dynamics():
         theirs = stages.with_spikingjelly_neurons(holder)[0]
         assert isinstance(theirs, stages.SpikingJellyNeuron)
         assert torch.equal(theirs(x), expected) and torch.equal(theirs(x), expected)  # no state kept between calls
+    # the LIF neuron, as cnn7's fast path calls its first layer: one step and its number of steps
+    assert torch.equal(theirs(x[0], steps=6), ours(x[0], steps=6))

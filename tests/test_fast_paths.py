@@ -1,8 +1,8 @@
 """``set_backend("fast")`` computes the same function as ``set_backend("reference")``.
 
 On the CPU the fast path is time folded into the batch plus the reference neurons (no Triton);
-one test also runs the Triton kernels inside a whole model, through Triton's interpreter in a
-child process. Every test first makes each layer of the random model fire (``wake_up``).
+two tests also run the Triton kernels inside a whole model (VGG, cnn7), through Triton's
+interpreter in one child process. Every test first makes each layer of the random model fire (``wake_up``).
 """
 from __future__ import annotations
 
@@ -116,12 +116,17 @@ def test_unknown_backend_is_refused():
         tiny_vgg().set_backend("cuda")
 
 
-def test_vgg_with_triton_kernels_through_interpreter():
+@pytest.fixture(scope="module")
+def interpreted():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_vgg_with_triton_kernels_through_interpreter(interpreted):
+    result = dict(interpreted["vgg"])
     assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
     calls = result.pop("fused_calls")
     assert calls["if_soft_reset_layer"] > 0 and calls["avg_pool_conv"] > 0, "the VGG fused layer path was not taken"
@@ -129,6 +134,17 @@ def test_vgg_with_triton_kernels_through_interpreter():
     training = result.pop("training")
     assert training["grads_finite"] and training["same_keys"], training
     assert 0.5 < training["dropout_keep_ratio"] < 1.0, "dropout did not act in training mode"
+    check(result)
+
+
+def test_cnn7_with_triton_kernels_through_interpreter(interpreted):
+    """The LIF kernels in the whole network, the first layer's constant input given once with its
+    number of steps; ``check`` compares the input's gradient too, which is the kernel's sum over T."""
+    result = dict(interpreted["cnn7"])
+    assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
+    calls = result.pop("fused_calls")
+    assert calls["lif_hard_reset"] == result.pop("neurons"), "a LIF layer took no kernel"
+    assert calls["constant_input"] == 1, "the first layer's current was not given to the kernel unexpanded"
     check(result)
 
 
@@ -175,5 +191,10 @@ if __name__ == "__main__":
     images = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     fused_calls = count_calls(fused, ("if_soft_reset_layer", "avg_pool_conv"))
     result = compare_exactly(vgg, images)
-    print(json.dumps({**result, "used_kernel": fused.triton_enabled(images), "fused_calls": fused_calls,
-                      "training": train_mode_run(vgg, images)}))
+    vgg_result = {**result, "used_kernel": fused.triton_enabled(images), "fused_calls": fused_calls,
+                  "training": train_mode_run(vgg, images)}
+    cnn7 = qsnn_zoo.create_model("cnn7_cifar10_fp32_stbp", T=2).to(memory_format=torch.channels_last)
+    lif_calls = count_calls(fused, ("lif_hard_reset",))
+    result = compare_exactly(cnn7, images[:1])
+    print(json.dumps({"vgg": vgg_result, "cnn7": {**result, "used_kernel": fused.triton_enabled(images),
+                                                  "fused_calls": lif_calls, "neurons": len(cnn7.spiking_neurons())}}))

@@ -19,6 +19,8 @@ import pytest
 import torch
 
 from qsnn_zoo.layers import fused, neurons
+from qsnn_zoo.layers.neurons import LIFNeuron
+from qsnn_zoo.layers.time import repeat_over_time
 from qsnn_zoo.testing import compare_neuron, layer_check_ok, layer_checks, neuron_cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,7 @@ def test_kernel_matches_reference(interpreted, case):
     assert result["output_dtype_equal"]
     assert result["grad_finite"]
     assert result["grad_rel_error"] < GRAD_RTOL["bf16" if case.endswith("bf16") else "fp32"]
+    assert result["grad_layout_kept"], "the input gradient comes back in another memory layout"
 
 
 LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
@@ -75,6 +78,26 @@ def test_cpu_without_interpreter_falls_back_to_reference():
     assert not fused.triton_enabled(x)
     assert fused.lif_hard_reset(x, 0.5, 0.25, 0.5) is None  # no kernel: the caller chooses the reference
     assert torch.equal(neurons.lif_hard_reset_fast(x, 0.5, 0.25, 0.5), neurons.lif_hard_reset(x, 0.5, 0.25, 0.5))
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_lif_neuron_takes_a_constant_input_with_its_steps(backend):
+    """``steps=T`` with one step ``[B, ...]`` is the call on it expanded over T: spikes, the spikes a
+    monitor records (``[T, B, ...]``) and the input gradient."""
+    neuron = LIFNeuron(threshold=0.5, decay=0.25, lens=0.5)
+    neuron.backend, neuron.monitor = backend, True
+    step = torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last)
+    leaves = [step.clone().requires_grad_() for _ in range(2)]
+    out = neuron(leaves[0], steps=4)
+    recorded = neuron.last_spikes
+    expected = neuron(repeat_over_time(leaves[1], 4))
+    assert out.shape == (4, *step.shape) and torch.equal(out, expected)
+    assert torch.equal(recorded, neuron.last_spikes) and 0 < recorded.float().mean() < 1
+    weights = torch.randn(out.shape)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad)  # the kernel's sum over T rounds in another order
+    assert leaves[0].grad.abs().sum() > 0
 
 
 def test_pieces_switch_off_and_on_and_unknown_piece_refused():

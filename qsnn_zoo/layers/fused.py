@@ -263,13 +263,14 @@ if triton is not None:
 
     @triton.jit
     def _lif_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, N, T, last, threshold, decay, lens,
-                             BLOCK: tl.constexpr):
+                             SUM_T: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         gspk = gspk_ptr + last + offs
         pot = pot_ptr + last + offs
-        gcur = gcur_ptr + last + offs
+        gcur = gcur_ptr + last + offs  # unused with SUM_T: gcur_ptr is then one step, written after the loop
         g_next = tl.zeros([BLOCK], dtype=tl.float32)  # dL/du of the next step
+        g_sum = tl.zeros([BLOCK], dtype=tl.float32)  # sum over T of dL/dI: a constant input's gradient
         for _ in range(T):
             u = tl.load(pot, mask=mask, other=0.0)
             x = u - threshold
@@ -278,11 +279,16 @@ if triton is not None:
             # u_next = decay * u * (1 - o) + i_next: o reaches the loss directly and through u_next
             go = tl.load(gspk, mask=mask, other=0.0).to(tl.float32) - g_next * decay * u
             g = g_next * decay * (1 - o) + go * ds
-            tl.store(gcur, g.to(gcur_ptr.dtype.element_ty), mask=mask)
+            if SUM_T:
+                g_sum += g
+            else:
+                tl.store(gcur, g.to(gcur_ptr.dtype.element_ty), mask=mask)
             g_next = g
             gspk -= N
             pot -= N
             gcur -= N
+        if SUM_T:
+            tl.store(gcur_ptr + offs, g_sum.to(gcur_ptr.dtype.element_ty), mask=mask)
 
     # ------------------------------------------------------------------------ TSSL-BP
 
@@ -505,8 +511,8 @@ class _IFFunction(torch.autograd.Function):
 
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, threshold, decay, lens):
-        current, stride_t = _prepare(current)
+    def forward(ctx, current, threshold, decay, lens, steps):
+        current, stride_t = _prepare(current, steps)
         T, slab = current.shape[0], current[0]
         n = slab.numel()
         save = ctx.needs_input_grad[0]
@@ -517,6 +523,7 @@ class _LIFFunction(torch.autograd.Function):
         ctx.save_for_backward(potential)
         ctx.constants = (float(threshold), float(decay), float(lens))
         ctx.current_dtype = current.dtype
+        ctx.constant_input = steps is not None
         return spikes
 
     @staticmethod
@@ -525,10 +532,14 @@ class _LIFFunction(torch.autograd.Function):
         threshold, decay, lens = ctx.constants
         T, n = potential.shape[0], potential[0].numel()
         grad_spikes = _same_layout(grad_spikes, potential)
-        grad_current = torch.empty_like(potential, dtype=ctx.current_dtype)
+        # A constant input's gradient is the kernel's sum over T, one step in the input's layout and
+        # dtype: no per-step gradient, and no expand reduction over T (reduce_kernel, 178 us a call in
+        # the bf16 cnn7 training step on an H200, batch 50, T=8).
+        constant = ctx.constant_input
+        grad_current = torch.empty_like(potential[0] if constant else potential, dtype=ctx.current_dtype)
         _lif_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, n, T, (T - 1) * n,
-                                       threshold, decay, lens, BLOCK=BLOCK, **_LAUNCH)
-        return grad_current, None, None, None
+                                       threshold, decay, lens, SUM_T=constant, BLOCK=BLOCK, **_LAUNCH)
+        return grad_current, None, None, None, None
 
 
 class _TSSLFunction(torch.autograd.Function):
@@ -707,11 +718,16 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype:
     return q
 
 
-def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float) -> Optional[torch.Tensor]:
-    """Fused :func:`.neurons.lif_hard_reset`: spikes ``[T, B, ...]`` in {0, 1}; None where no kernel runs."""
+def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float,
+                   steps: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Fused :func:`.neurons.lif_hard_reset`: spikes ``[T, B, ...]`` in {0, 1}; None where no kernel runs.
+
+    With ``steps``, ``current`` is ``[B, ...]``, the input at each of ``steps`` steps (cnn7's first
+    layer): the same spikes as for it expanded over T, and its gradient, the sum over T, comes from
+    the kernel without a per-step gradient tensor."""
     if not triton_enabled(current):
         return None
-    return _LIFFunction.apply(current, threshold, decay, lens)
+    return _LIFFunction.apply(current, threshold, decay, lens, steps)
 
 
 def tssl_neuron(current: torch.Tensor, tau_m: float, tau_s: float, threshold: float, alpha: float):

@@ -12,18 +12,19 @@ import torch
 from torch import nn
 
 from .surrogate import atan_spike, boxcar_spike
+from .time import repeat_over_time
 
 
 def _kernel_or(reference: Callable, name: str) -> Callable:
     """``reference``'s fast backend: the fused kernel ``name`` where one runs for the inputs, else
     ``reference`` itself. The neurons choose; the kernels never import this module."""
 
-    def fast(*args):
+    def fast(*args, **kwargs):
         # Imported on use: the fused module needs Triton only on the GPU, and models must not pay for it.
         from . import fused
 
-        out = getattr(fused, name)(*args)
-        return reference(*args) if out is None else out
+        out = getattr(fused, name)(*args, **kwargs)
+        return reference(*args, **kwargs) if out is None else out
 
     fast.__name__ = fast.__qualname__ = f"{reference.__name__}_fast"
     fast.__doc__ = f"The fused kernel of :func:`{reference.__name__}` where one runs, else the reference."
@@ -52,8 +53,12 @@ def if_soft_reset(
     return torch.stack(out)
 
 
-def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float) -> torch.Tensor:
-    """Reference LIF dynamics of :class:`LIFNeuron` over ``current[T, B, ...]``."""
+def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float,
+                   steps: Optional[int] = None) -> torch.Tensor:
+    """Reference LIF dynamics of :class:`LIFNeuron` over ``current[T, B, ...]``; with ``steps``,
+    ``current`` is ``[B, ...]``, the input at each of ``steps`` steps."""
+    if steps is not None:
+        current = repeat_over_time(current, steps)
     u = torch.zeros_like(current[0])
     o = torch.zeros_like(current[0])
     out = []
@@ -155,9 +160,11 @@ class LIFNeuron(SpikingNeuron):
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, decay={self.decay}, reset=hard, lens={self.lens}"
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
+    def forward(self, current: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        """Spikes ``[T, B, ...]`` for ``current[T, B, ...]``, or for ``current[B, ...]`` as the input at
+        each of ``steps`` steps (a constant input, whose gradient the fast kernel sums over T itself)."""
         impl = lif_hard_reset_fast if self.backend == "fast" else lif_hard_reset
-        spikes = impl(current, self.threshold, self.decay, self.lens)
+        spikes = impl(current, self.threshold, self.decay, self.lens, steps=steps)
         self._record(spikes)
         return spikes
 

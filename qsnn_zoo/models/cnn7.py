@@ -60,7 +60,10 @@ class CNN7(SpikingModel):
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Output spikes ``[T, B, K]``."""
         fold = self.fold_time
-        s = self.neurons["conv1"](constant_over_time(self.conv1, x, self.T, fold))
+        if fold:  # the image's current once, whose gradient the LIF kernel then sums over T itself
+            s = self.neurons["conv1"](self.conv1(x), steps=self.T)
+        else:
+            s = self.neurons["conv1"](constant_over_time(self.conv1, x, self.T, fold))
         for name in self.layer_names[1:]:
             if name == "fc1":
                 s = s.flatten(2)
