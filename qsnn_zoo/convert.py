@@ -3,6 +3,8 @@
 The steps, each a function: fold BatchNorm into the convs (step 1), search one threshold per
 spiking layer (step 3), correct the per-channel bias of the SNN in forward order (step 5, "light"
 calibration), and rescale to unit thresholds (step 6) for the quantized children (docs/method.md §E.4).
+:func:`potential_calibrate_` is the original's potential calibration, kept out of the recipe and used to
+measure what it would change (scripts/diagnose_conversion.py).
 :func:`convert_ann_to_snn` runs steps 1, 3 and 5 and gives the fp32 entry's published form.
 No training happens here: every function runs under ``torch.no_grad`` with dropout off.
 """
@@ -166,6 +168,43 @@ def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
             errors.append(error)
             spikes = _layer_spikes(model, index, spikes)
     return errors
+
+
+def potential_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
+    """SNN-Calibration's potential calibration (docs/method.md §E.3, last paragraph), layer by layer in forward order.
+
+    For each layer, with the earlier layers already calibrated: the neuron's initial potential grows by
+    T (mean(o) - mean(r)), means over the batch only, so one value per neuron ``[1, C, H, W]``, where o is
+    the ANN's post-ReLU output and r the SNN's spikes averaged over T (spikes carry the threshold). From
+    zero this is the original's ``mem_pot_init``; after light calibration it corrects what the channel
+    biases left. Not part of the published recipe (docs/method.md §E.3): the registry's models have no
+    initial-potential tensor, so a model calibrated here saves one that their strict loading refuses.
+    Returns the added potentials per layer.
+    """
+    _check_vgg(model)
+    x = _images(batch)
+    added = []
+    with _eval_mode(model):
+        ann, spikes = x, x
+        for index, layer in enumerate(model.features):
+            ann = layer.ann(ann)
+            rate = _layer_spikes(model, index, spikes).mean(dim=0)
+            potential = model.T * (ann.mean(dim=0, keepdim=True) - rate.mean(dim=0, keepdim=True))
+            _add_initial_potential(layer.neuron, potential)
+            added.append(potential)
+            spikes = _layer_spikes(model, index, spikes)
+    return added
+
+
+def _add_initial_potential(neuron: nn.Module, potential: torch.Tensor) -> None:
+    start = neuron.initial_potential
+    total = potential.clone() if start is None else start + potential
+    if "initial_potential" in dict(neuron.named_buffers(recurse=False)):
+        neuron.initial_potential = total
+    else:
+        # A buffer, as IFNeuron(potential_shape=...) holds it: it moves with the model and is saved with it.
+        del neuron.initial_potential
+        neuron.register_buffer("initial_potential", total)
 
 
 def set_time_steps_(model: SpikingVGG, T: int) -> SpikingVGG:
