@@ -20,11 +20,13 @@ sees) with the SNN's output averaged over T, s = firing rate x threshold V:
 - top-1 of the SNN and of the ANN, and how often their predictions agree.
 
 Variants: ``light`` is the weights file as given (thresholds and light-calibration biases: the published
-SNN); ``none`` sets the light-calibration biases to zero; ``light+light`` runs light calibration a second
-time; ``light+potential`` adds SNN-Calibration's potential calibration (``qsnn_zoo.convert.potential_calibrate_``)
+SNN); ``none`` sets the light-calibration biases to zero; ``relight`` redoes light calibration from zero on
+the extra batch; ``light+light`` runs it a second time on top of the file's; ``light+potential`` adds SNN-Calibration's potential calibration (``qsnn_zoo.convert.potential_calibrate_``)
 on top of light; ``potential`` uses it instead of light. The training batches come from the calib_convert
 recipe's own loader (same seed and augmentation): the conversion used its first ``calib_batches + 1``; the next
-one is the extra variants' calibration batch and the ones after it are measured. ``--check-conversion`` also
+one is the extra variants' calibration batch (``--calibration-augment`` changes only its augmentation, so that
+calibrating on images augmented as in training can be told from calibrating on images like the test set's),
+and the ones after it are measured. ``--check-conversion`` also
 redoes the conversion from the file's ANN on the recipe's batches and compares thresholds and biases with the
 file's, to show that these are the batches it was made with.
 
@@ -56,13 +58,15 @@ from qsnn_zoo.layers.time import over_time
 from qsnn_zoo.models.vgg import SpikingVGG
 from qsnn_zoo.signals import exit_on_sigterm
 from qsnn_zoo.train.config import DEFAULT_DATA, recipe_for
-from qsnn_zoo.train.data import Augment, DeviceLoader
+from qsnn_zoo.train.data import AUGMENTATIONS, Augment, DeviceLoader
 from qsnn_zoo.train.distributed import pick_device
+from qsnn_zoo.train.pipelines import _draw_batches as draw_batches
 from qsnn_zoo.weights import atomic_write, describe_file
 
 VARIANTS = {
     "light": "the weights file as given: thresholds and light-calibration biases",
     "none": "thresholds only: light-calibration biases set to zero",
+    "relight": "light calibration redone from zero biases on one more augmented batch",
     "light+light": "a second light-calibration pass on one more augmented batch, on top of the first",
     "light+potential": "potential calibration on one more augmented batch, on top of the light calibration",
     "potential": "potential calibration on one more augmented batch, light-calibration biases set to zero",
@@ -175,10 +179,10 @@ def variant_model(base: SpikingVGG, variant: str, T: int, extra_batch: torch.Ten
     """A copy of ``base`` simulated for ``T`` steps and calibrated as ``variant`` says; ``extra_batch`` is
     the augmented batch that the variants beyond the published light calibration calibrate on."""
     model = set_time_steps_(copy.deepcopy(base), T)
-    if variant in ("none", "potential"):
+    if variant in ("none", "relight", "potential"):
         for layer in model.features:
             layer.calib_bias.zero_()
-    if variant == "light+light":
+    if variant in ("relight", "light+light"):
         light_calibrate_(model, extra_batch)
     if variant.endswith("potential"):
         potential_calibrate_(model, extra_batch)
@@ -194,16 +198,17 @@ def test_batches(data, entry, images: int, batch_size: int, device: torch.device
             for chunk in np.array_split(rows, -(-len(rows) // batch_size))]
 
 
-def recipe_batches(name: str, data_dir: str, count: int, device: torch.device):
-    """The first ``count`` batches of the calib_convert recipe's loader: augmented training images in the
-    order and with the augmentations the conversion drew them (qsnn_zoo.train.pipelines.calib_convert)."""
+def recipe_batches(name: str, data_dir: str, count: int, device: torch.device, augment: Sequence[str] = ()):
+    """The first ``count`` batches of the calib_convert recipe's loader: training images in the order and
+    with the augmentations the conversion drew them (qsnn_zoo.train.pipelines.calib_convert), or with
+    ``augment`` instead of the recipe's augmentations (the same images, the same seed)."""
     entry, recipe = get_entry(name), recipe_for(name, "calib_convert")
     train = load_cifar(data_dir, "train", entry.dataset)
+    names = tuple(augment) or recipe.augment
     loader = DeviceLoader(train.images, train.labels, recipe.batch_size, entry.mean, entry.std,
-                          augment=Augment(recipe.augment), shuffle=True, drop_last=True,
+                          augment=Augment(names) if names != ("none",) else None, shuffle=True, drop_last=True,
                           seed=recipe.seed + recipe.trial, device=device)
-    loader.set_epoch(0)
-    return list(itertools.islice(loader, count))
+    return draw_batches(loader, count)
 
 
 def conversion_check(base: SpikingVGG, batches, recipe) -> Dict[str, Any]:
@@ -238,7 +243,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"Weights `{s['weights']}` (sha256 {s['weights_sha256'][:12]}...), test: {s['test_rows']} rows "
         f"({s['test_rows_kind']}), train: {s['train_batches']} augmented batches of {s['batch_size_train']} "
         f"(calib_convert loader, batches {s['train_batch_indices']}), extra calibrations on batch "
-        f"{s['extra_calibration_batch_index']}. Made by scripts/diagnose_conversion.py; definitions in its docstring.",
+        f"{s['extra_calibration_batch_index']} augmented with {', '.join(s['extra_calibration_augment'])}. Made by scripts/diagnose_conversion.py; definitions in its docstring.",
         "",
         "| variant | T | SNN top-1 test (%) | ANN top-1 test (%) | SNN = ANN (%) | SNN top-1 train (%) | ANN top-1 train (%) |",
         "|---|---|---|---|---|---|---|",
@@ -321,6 +326,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="only the first N lossless test rows (default: all of them)")
     parser.add_argument("--train-batches", type=int, default=2,
                         help="augmented training batches to measure (default: %(default)s; 0: none)")
+    parser.add_argument("--calibration-augment", nargs="+", choices=(*AUGMENTATIONS, "none"),
+                        help="augmentations of the extra variants' calibration batch (default: the recipe's)")
     parser.add_argument("--check-conversion", action="store_true",
                         help="redo the conversion on the recipe's batches and compare with the file (minutes)")
     parser.add_argument("--batch-size", type=int, default=64, help="test images per pass (default: %(default)s)")
@@ -334,6 +341,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.calibration_augment and "none" in args.calibration_augment and len(args.calibration_augment) > 1:
+        parser.error("--calibration-augment none stands alone: it means no augmentation")
+    if args.calibration_augment and args.calibration_augment != ["none"]:
+        try:
+            Augment(args.calibration_augment)
+        except ValueError as err:
+            parser.error(f"--calibration-augment: {err}")
     return args
 
 
@@ -352,7 +366,11 @@ def run(args: argparse.Namespace) -> int:
     tests = test_batches(test, entry, args.images, args.batch_size, device)
     used = recipe.calib_batches + 1  # the threshold batches and the light-calibration batch
     drawn = recipe_batches(args.name, args.data, used + 1 + args.train_batches, device)
-    extra_batch, trains = drawn[used][0], drawn[used + 1:]
+    trains = drawn[used + 1:]
+    extra_augment = tuple(args.calibration_augment or recipe.augment)
+    if extra_augment != recipe.augment:
+        drawn[used] = recipe_batches(args.name, args.data, used + 1, device, extra_augment)[used]
+    extra_batch = drawn[used][0]
     settings = {
         "model": args.name,
         "weights": str(path),
@@ -364,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
         "train_batches": len(trains),
         "train_batch_indices": list(range(used + 1, used + 1 + len(trains))),
         "extra_calibration_batch_index": used,
+        "extra_calibration_augment": list(extra_augment),
         "recipe_seed": recipe.seed + recipe.trial,
         "backend": base.backend,
     }
