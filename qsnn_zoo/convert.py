@@ -11,7 +11,7 @@ No training happens here: every function runs under ``torch.no_grad`` with dropo
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -144,6 +144,24 @@ def _layer_spikes(model: SpikingVGG, index: int, inputs: torch.Tensor) -> torch.
     return layer.snn(over_time(layer.synapse, inputs, fold))
 
 
+def _calibrate_in_forward_order(
+    model: SpikingVGG, batch: Batch, correct: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+) -> List[torch.Tensor]:
+    """``correct(layer, o, r)`` for each layer in forward order, measured with the earlier layers already
+    corrected: o the ANN's post-ReLU output, r the SNN's spikes averaged over T. Returns what it returns."""
+    _check_vgg(model)
+    x = _images(batch)
+    corrections = []
+    with _eval_mode(model):
+        ann, spikes = x, x
+        for index, layer in enumerate(model.features):
+            ann = layer.ann(ann)
+            rate = _layer_spikes(model, index, spikes).mean(dim=0)
+            corrections.append(correct(layer, ann, rate))
+            spikes = _layer_spikes(model, index, spikes)
+    return corrections
+
+
 def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
     """docs/method.md §E.3 step 5: per-channel bias correction of the SNN, layer by layer in forward order.
 
@@ -155,19 +173,13 @@ def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
     buffers, saved with the model, so the published SNN is the one that was calibrated.
     Returns the corrections e per layer.
     """
-    _check_vgg(model)
-    x = _images(batch)
-    errors = []
-    with _eval_mode(model):
-        ann, spikes = x, x
-        for index, layer in enumerate(model.features):
-            ann = layer.ann(ann)
-            rate = _layer_spikes(model, index, spikes).mean(dim=0)
-            error = rate.mean(dim=(0, 2, 3)) - ann.mean(dim=(0, 2, 3))
-            layer.calib_bias.sub_(error.to(layer.calib_bias.dtype))
-            errors.append(error)
-            spikes = _layer_spikes(model, index, spikes)
-    return errors
+
+    def correct(layer: nn.Module, ann: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        error = rate.mean(dim=(0, 2, 3)) - ann.mean(dim=(0, 2, 3))
+        layer.calib_bias.sub_(error.to(layer.calib_bias.dtype))
+        return error
+
+    return _calibrate_in_forward_order(model, batch, correct)
 
 
 def potential_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
@@ -181,19 +193,13 @@ def potential_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
     initial-potential tensor, so a model calibrated here saves one that their strict loading refuses.
     Returns the added potentials per layer.
     """
-    _check_vgg(model)
-    x = _images(batch)
-    added = []
-    with _eval_mode(model):
-        ann, spikes = x, x
-        for index, layer in enumerate(model.features):
-            ann = layer.ann(ann)
-            rate = _layer_spikes(model, index, spikes).mean(dim=0)
-            potential = model.T * (ann.mean(dim=0, keepdim=True) - rate.mean(dim=0, keepdim=True))
-            _add_initial_potential(layer.neuron, potential)
-            added.append(potential)
-            spikes = _layer_spikes(model, index, spikes)
-    return added
+
+    def correct(layer: nn.Module, ann: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        potential = model.T * (ann.mean(dim=0, keepdim=True) - rate.mean(dim=0, keepdim=True))
+        _add_initial_potential(layer.neuron, potential)
+        return potential
+
+    return _calibrate_in_forward_order(model, batch, correct)
 
 
 def _add_initial_potential(neuron: nn.Module, potential: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ one is the extra variants' calibration batch (``--calibration-augment`` changes 
 calibrating on images augmented as in training can be told from calibrating on images like the test set's),
 and the ones after it are measured. ``--check-conversion`` also
 redoes the conversion from the file's ANN on the recipe's batches and compares thresholds and biases with the
-file's, to show that these are the batches it was made with.
+file's: how closely this code on this machine reproduces the conversion that made the file.
 
 Results go to OUT/diagnosis.json and OUT/diagnosis.md, rewritten atomically after each evaluation; a run
 with the same settings into the same OUT skips what is already there, so a killed run resumes and more
@@ -189,7 +189,7 @@ def variant_model(base: SpikingVGG, variant: str, T: int, extra_batch: torch.Ten
     return model.set_mode("snn").eval()
 
 
-def test_batches(data, entry, images: int, batch_size: int, device: torch.device):
+def evaluation_batches(data, entry, images: int, batch_size: int, device: torch.device):
     """The first ``images`` lossless rows (every row of data without the mark), as normalised batches."""
     rows = np.flatnonzero(data.lossless) if data.lossless is not None else np.arange(len(data))
     rows = rows[:images] if images else rows
@@ -363,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
     base.set_backend(args.backend or ("fast" if device.type == "cuda" else "reference"))
 
     test = load_cifar(args.data, "test", entry.dataset)
-    tests = test_batches(test, entry, args.images, args.batch_size, device)
+    tests = evaluation_batches(test, entry, args.images, args.batch_size, device)
     used = recipe.calib_batches + 1  # the threshold batches and the light-calibration batch
     drawn = recipe_batches(args.name, args.data, used + 1 + args.train_batches, device)
     trains = drawn[used + 1:]
