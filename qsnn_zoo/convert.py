@@ -3,13 +3,15 @@
 The steps, each a function: fold BatchNorm into the convs (step 1), search one threshold per
 spiking layer (step 3), correct the per-channel bias of the SNN in forward order (step 5, "light"
 calibration), and rescale to unit thresholds (step 6) for the quantized children (docs/method.md §E.4).
+:func:`potential_calibrate_` is the original's potential calibration, kept out of the recipe and used to
+measure what it would change (scripts/diagnose_conversion.py).
 :func:`convert_ann_to_snn` runs steps 1, 3 and 5 and gives the fp32 entry's published form.
 No training happens here: every function runs under ``torch.no_grad`` with dropout off.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -142,6 +144,24 @@ def _layer_spikes(model: SpikingVGG, index: int, inputs: torch.Tensor) -> torch.
     return layer.snn(over_time(layer.synapse, inputs, fold))
 
 
+def _calibrate_in_forward_order(
+    model: SpikingVGG, batch: Batch, correct: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+) -> List[torch.Tensor]:
+    """``correct(layer, o, r)`` for each layer in forward order, measured with the earlier layers already
+    corrected: o the ANN's post-ReLU output, r the SNN's spikes averaged over T. Returns what it returns."""
+    _check_vgg(model)
+    x = _images(batch)
+    corrections = []
+    with _eval_mode(model):
+        ann, spikes = x, x
+        for index, layer in enumerate(model.features):
+            ann = layer.ann(ann)
+            rate = _layer_spikes(model, index, spikes).mean(dim=0)
+            corrections.append(correct(layer, ann, rate))
+            spikes = _layer_spikes(model, index, spikes)
+    return corrections
+
+
 def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
     """docs/method.md §E.3 step 5: per-channel bias correction of the SNN, layer by layer in forward order.
 
@@ -153,19 +173,44 @@ def light_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
     buffers, saved with the model, so the published SNN is the one that was calibrated.
     Returns the corrections e per layer.
     """
-    _check_vgg(model)
-    x = _images(batch)
-    errors = []
-    with _eval_mode(model):
-        ann, spikes = x, x
-        for index, layer in enumerate(model.features):
-            ann = layer.ann(ann)
-            rate = _layer_spikes(model, index, spikes).mean(dim=0)
-            error = rate.mean(dim=(0, 2, 3)) - ann.mean(dim=(0, 2, 3))
-            layer.calib_bias.sub_(error.to(layer.calib_bias.dtype))
-            errors.append(error)
-            spikes = _layer_spikes(model, index, spikes)
-    return errors
+
+    def correct(layer: nn.Module, ann: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        error = rate.mean(dim=(0, 2, 3)) - ann.mean(dim=(0, 2, 3))
+        layer.calib_bias.sub_(error.to(layer.calib_bias.dtype))
+        return error
+
+    return _calibrate_in_forward_order(model, batch, correct)
+
+
+def potential_calibrate_(model: SpikingVGG, batch: Batch) -> List[torch.Tensor]:
+    """SNN-Calibration's potential calibration (docs/method.md §E.3, last paragraph), layer by layer in forward order.
+
+    For each layer, with the earlier layers already calibrated: the neuron's initial potential grows by
+    T (mean(o) - mean(r)), means over the batch only, so one value per neuron ``[1, C, H, W]``, where o is
+    the ANN's post-ReLU output and r the SNN's spikes averaged over T (spikes carry the threshold). From
+    zero this is the original's ``mem_pot_init``; after light calibration it corrects what the channel
+    biases left. Not part of the published recipe (docs/method.md §E.3): the registry's models have no
+    initial-potential tensor, so a model calibrated here saves one that their strict loading refuses.
+    Returns the added potentials per layer.
+    """
+
+    def correct(layer: nn.Module, ann: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        potential = model.T * (ann.mean(dim=0, keepdim=True) - rate.mean(dim=0, keepdim=True))
+        _add_initial_potential(layer.neuron, potential)
+        return potential
+
+    return _calibrate_in_forward_order(model, batch, correct)
+
+
+def _add_initial_potential(neuron: nn.Module, potential: torch.Tensor) -> None:
+    start = neuron.initial_potential
+    total = potential.clone() if start is None else start + potential
+    if "initial_potential" in dict(neuron.named_buffers(recurse=False)):
+        neuron.initial_potential = total
+    else:
+        # A buffer, as IFNeuron(potential_shape=...) holds it: it moves with the model and is saved with it.
+        del neuron.initial_potential
+        neuron.register_buffer("initial_potential", total)
 
 
 def set_time_steps_(model: SpikingVGG, T: int) -> SpikingVGG:

@@ -11,6 +11,7 @@ from qsnn_zoo.convert import (
     convert_ann_to_snn,
     fold_bn_,
     light_calibrate_,
+    potential_calibrate_,
     search_thresholds,
     to_unit_threshold_snn,
 )
@@ -139,6 +140,42 @@ def test_light_calibration_measures_each_layer_after_correcting_the_earlier_ones
     rate = neuron.last_spikes.double().mean(0) * neuron.threshold
     ann = reference.features[1].ann(reference.features[0].ann(x))
     torch.testing.assert_close(errors[1], rate.mean(dim=(0, 2, 3)) - ann.mean(dim=(0, 2, 3)))
+
+
+def _neuron_rate_error(model, index, x):
+    """Per-neuron mean over the batch of layer ``index``'s SNN output minus its ANN output, ``[1, C, H, W]``."""
+    neuron = model.features[index].neuron
+    neuron.monitor = True
+    model(x)
+    neuron.monitor = False
+    rate = neuron.last_spikes.double().mean(0) * neuron.threshold
+    ann = x
+    for layer in model.features[: index + 1]:
+        ann = layer.ann(ann)
+    return (rate - ann).mean(dim=0, keepdim=True)
+
+
+def test_potential_calibration_sets_each_neurons_start_from_its_mean_error_in_forward_order():
+    model = _model()
+    x = _images(8, seed=9)
+    search_thresholds(model, [x], T=8)
+    # A systematic error for the calibration to remove: layer 0's current raised by 0.1 threshold.
+    model.features[0].calib_bias.fill_(0.1 * float(model.features[0].neuron.threshold))
+    reference = copy.deepcopy(model)
+    first_error = _neuron_rate_error(model, 0, x)
+    ann_before = model.forward_ann(x)
+    added = potential_calibrate_(model, x)
+    torch.testing.assert_close(added[0], -8 * first_error)
+    assert _neuron_rate_error(model, 0, x).abs().mean() < 0.5 * first_error.abs().mean()
+    # Layer 1 is measured with layer 0 already calibrated.
+    reference.features[0].neuron.initial_potential = added[0]
+    torch.testing.assert_close(added[1], -8 * _neuron_rate_error(reference, 1, x))
+    # A buffer, saved with the model; a second pass adds to it; the ANN is untouched.
+    state = model.state_dict()
+    torch.testing.assert_close(state["features.1.neuron.initial_potential"], added[1])
+    again = potential_calibrate_(model, x)
+    torch.testing.assert_close(model.features[0].neuron.initial_potential, added[0] + again[0])
+    torch.testing.assert_close(model.forward_ann(x), ann_before, rtol=0, atol=0)
 
 
 def test_convert_returns_the_snn_with_unfolded_thresholds(converted):
