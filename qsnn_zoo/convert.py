@@ -158,7 +158,7 @@ def _calibrate_in_forward_order(
             ann = layer.ann(ann)
             rate = _layer_spikes(model, index, spikes).mean(dim=0)
             corrections.append(correct(layer, ann, rate))
-            spikes = _layer_spikes(model, index, spikes)
+            spikes = _layer_spikes(model, index, spikes)  # run again: the next layer sees this one corrected
     return corrections
 
 

@@ -57,11 +57,13 @@ from qsnn_zoo.hub import resolve_weights
 from qsnn_zoo.layers.time import over_time
 from qsnn_zoo.models.vgg import SpikingVGG
 from qsnn_zoo.signals import exit_on_sigterm
-from qsnn_zoo.train.config import DEFAULT_DATA, recipe_for
+from qsnn_zoo.train.config import recipe_for
 from qsnn_zoo.train.data import AUGMENTATIONS, Augment, DeviceLoader
 from qsnn_zoo.train.distributed import pick_device
-from qsnn_zoo.train.pipelines import _draw_batches as draw_batches
+from qsnn_zoo.train.pipelines import draw_batches
 from qsnn_zoo.weights import atomic_write, describe_file
+
+from evaluate import add_weights_and_data
 
 VARIANTS = {
     "light": "the weights file as given: thresholds and light-calibration biases",
@@ -314,10 +316,7 @@ def cpu_name() -> str:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="an fp32 SNN-Calibration entry, e.g. vgg16_cifar10_fp32_calib")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="weights file, or a directory holding NAME.safetensors")
-    source.add_argument("--pretrained", action="store_true", help="the published weights")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR directory (default: %(default)s)")
+    add_weights_and_data(parser)
     parser.add_argument("--out", required=True, help="folder for diagnosis.json and diagnosis.md")
     parser.add_argument("--variants", nargs="+", default=["light"], choices=list(VARIANTS),
                         help="calibrations to measure (default: light)")

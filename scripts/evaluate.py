@@ -19,13 +19,18 @@ from qsnn_zoo.train.distributed import pick_device
 from qsnn_zoo.train.loop import evaluate
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="registry entry")
+def add_weights_and_data(parser: argparse.ArgumentParser) -> None:
+    """--weights or --pretrained (one of them), and --data: which network on which images."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", help="weights file, or a directory holding NAME.safetensors")
     source.add_argument("--pretrained", action="store_true", help="the published weights")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR directory (default: %(default)s)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="registry entry")
+    add_weights_and_data(parser)
     parser.add_argument("--T", type=int, help="simulation length (default: the entry's)")
     parser.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--backend", choices=("reference", "fast"), help="default: fast on cuda, reference on cpu")

@@ -387,12 +387,12 @@ def calib_convert(run: Run) -> Path:
     if not ann_path.is_file():
         raise FileNotFoundError(f"{ann_path} is missing; run the calib_ann stage first (scripts/train_fp32.py {run.name})")
     model = _build(run, run.name, mode="ann", use_bn=run.recipe.use_bn, weights=ann_path)
-    batches = _draw_batches(train_loader(run, load_data(run).train), run.recipe.calib_batches + 1)
+    batches = draw_batches(train_loader(run, load_data(run).train), run.recipe.calib_batches + 1)
     convert_ann_to_snn(model, batches[:-1], T=run.T, calib=run.recipe.calib, bias_batch=batches[-1])
     return publish(run, model, data=load_data(run))
 
 
-def _draw_batches(loader: DeviceLoader, count: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def draw_batches(loader: DeviceLoader, count: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """``count`` augmented training batches, continuing into further epochs when one is too short."""
     batches: List[Tuple[torch.Tensor, torch.Tensor]] = []
     epoch = 0
