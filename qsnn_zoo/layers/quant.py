@@ -83,12 +83,16 @@ class _QuantMixin:
     weight: nn.Parameter
     scale: torch.Tensor
 
-    def _init_quant(self, quant: str) -> None:
+    def __init__(self, *args, quant: str = "bin", **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer's own arguments
         _check_mode(quant)
         self.quant = quant
         self.register_buffer("scale", torch.ones(()))
         self._inference_cache: Optional[Tuple[tuple, torch.Tensor]] = None
         self.init_scale_()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", quant={self.quant}"
 
     @torch.no_grad()
     def init_scale_(self) -> None:
@@ -114,25 +118,11 @@ class _QuantMixin:
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    def __init__(self, *args, quant: str = "bin", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(quant)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", quant={self.quant}"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    def __init__(self, *args, quant: str = "bin", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(quant)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", quant={self.quant}"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
 
