@@ -5,8 +5,8 @@ and dtypes, and a constant input given once with its number of steps); ``compare
 pair. ``wake_up`` makes a randomly initialised SNN fire in every layer (fresh deep SNNs fall silent
 after a few layers, which would make a comparison vacuous);
 ``compare_backends`` runs a model with both backends. ``layer_checks`` runs the fused pieces of the
-VGG fast path (IF layer with biases and dropout, 2x2 pooling conv), the fused CBP penalty and the
-one-pass quantizer against their references.
+VGG fast path (IF layer with biases and dropout, 2x2 pooling conv), AlexNet's sum pooling on the same
+pooling kernels, the fused CBP penalty and the one-pass quantizer against their references.
 """
 from __future__ import annotations
 
@@ -262,6 +262,55 @@ def compare_pool(device="cpu", shape=(6, 8, 6, 10), channels_last: bool = True, 
     return result
 
 
+def sum_pool_in_kernel_order(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`fused.sum_pool_2x2`'s arithmetic in PyTorch: each of the four taps (top-left, top-right,
+    bottom-left, bottom-right) widened to fp32 and multiplied by ``scale`` in fp32, summed in that
+    order, rounded once to ``x``'s dtype. The kernel computes exactly this (to bf16 it rounds to
+    nearest on the GPU; Triton's interpreter truncates)."""
+    w = torch.tensor(scale, dtype=torch.float32, device=x.device)
+    total = x[..., 0::2, 0::2].float() * w
+    for tap in (x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]):
+        total = total + tap.float() * w
+    return total.to(x.dtype)
+
+
+def compare_sum_pool(device="cpu", shape=(4, 6, 8, 10), channels_last: bool = True,
+                     dtype: torch.dtype = torch.float32) -> dict:
+    """AlexNet's pooling on the fast backend (``alexnet.fast_sum_pool``: the pooling kernels with taps
+    1.1 where they run) against ``alexnet.sum_pool`` on PSPs: random spike trains through the synaptic
+    filter, T = 5 steps folded into the batch as the fast backend does. Outputs: the largest
+    elementwise error relative to the reference, in units of the dtype's machine epsilon, and whether
+    they equal :func:`sum_pool_in_kernel_order` bit for bit; input gradients; layouts."""
+    from .models.alexnet import POOL_WEIGHT, fast_sum_pool, sum_pool
+
+    gen = torch.Generator().manual_seed(7)
+    spikes = (torch.rand(5, *shape, generator=gen) < 0.3).float()
+    x = neurons.psp_filter(spikes, 3.0).flatten(0, 1).to(device=device, dtype=dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format)
+    leaves = [x.clone().requires_grad_() for _ in range(2)]
+    seen = []
+    leaves[0].register_hook(seen.append)  # the gradient as the pool returns it, before accumulation
+    out, ref = fast_sum_pool(leaves[0]), sum_pool(leaves[1])
+    weights = torch.randn(ref.shape, generator=gen).to(device)
+    for y in (out, ref):
+        (y.float() * weights).sum().backward()
+    out, ref = out.detach(), ref.detach()
+    error = (out.double() - ref.double()).abs() / (torch.finfo(dtype).eps * ref.double().abs())
+    return {
+        "output_max_eps_error": float(torch.nan_to_num(error, nan=0.0).max()),  # 0/0 where both are 0
+        "kernel_order_equal": torch.equal(out, sum_pool_in_kernel_order(x, POOL_WEIGHT)),
+        "output_dtype_equal": out.dtype == ref.dtype,
+        "silent_fraction": float((ref == 0).float().mean()),
+        "grad_rel_error": relative_error(leaves[0].grad, leaves[1].grad),
+        "grads_equal": torch.equal(leaves[0].grad, leaves[1].grad),
+        "layout_kept": out.is_contiguous(memory_format=memory_format),
+        "grad_layout_kept": seen[0].stride() == x.stride(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "used_kernel": fused.triton_enabled(x),
+    }
+
+
 def compare_penalty(device="cpu", n: int = 5000) -> dict:
     """``cbp_kernel.constraint_penalty`` against ``sum(lambda * cbp.constraint(...))`` for both modes and
     several windows: value within rounding, gradient exact."""
@@ -300,6 +349,13 @@ def compare_quantizer(device="cpu", n: int = 5000) -> dict:
     return {"outputs_equal": equal, "used_kernel": True}
 
 
+# The fused sum pool's largest error against AlexNet's sum_pool, in units of the dtype's eps. The
+# kernel rounds four products and three sums in fp32, the reference three sums and a product; on
+# non-negative PSPs (no cancellation) each rounding adds at most half an eps: 3.5 eps in fp32. In bf16
+# the reference rounds to bf16 twice (the sum, then its product by 1.1), the kernel once (a whole eps
+# under Triton's interpreter, which truncates), beside which the fp32 roundings are negligible: 2 eps.
+SUM_POOL_EPS_BOUND = {"float32": 4.0, "bfloat16": 2.0}
+
 # check name -> (the fused piece it checks, the check)
 LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "if_layer": ("if_layer", compare_if_layer),
@@ -317,6 +373,9 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
     "pool_gated": ("pool", lambda device: compare_pool(device, gate=True)),
     "pool_int64_index": ("pool", compare_pool_int64_index),
+    "sum_pool_channels_last": ("pool", compare_sum_pool),
+    "sum_pool_contiguous": ("pool", lambda device: compare_sum_pool(device, channels_last=False)),
+    "sum_pool_bf16": ("pool", lambda device: compare_sum_pool(device, dtype=torch.bfloat16)),
     "penalty": ("penalty", compare_penalty),
     "quantize": ("quantize", compare_quantizer),
 }
@@ -344,6 +403,16 @@ def layer_check_ok(name: str, r: dict) -> bool:
             r["silent_windows"] > 0 and r["silent_windows_zero"] and r["active_windows_equal_ungated"])
         return (r["outputs_equal"] and r["layout_kept"] and r["grad_rel_error"] < 1e-6
                 and r["arbitrary_weights_rel_error"] < 1e-6 and gated)
+    if name.startswith("sum_pool"):
+        # Each input's gradient is the output's times 1.1, one rounding in both: equal. In bf16 the
+        # kernel's bit-exactness is not required: Triton's interpreter casts fp32 to bf16 by truncation
+        # where the GPU rounds to nearest, which holds the gradient to one bf16 eps only.
+        fp32 = r["dtype"] == "float32"
+        kernel_exact = r["kernel_order_equal"] or not (fp32 and r["used_kernel"])
+        grads = r["grads_equal"] if fp32 else r["grad_rel_error"] < 2**-7
+        return (kernel_exact and grads
+                and r["output_max_eps_error"] <= SUM_POOL_EPS_BOUND[r["dtype"]] and r["output_dtype_equal"]
+                and r["layout_kept"] and r["grad_layout_kept"] and 0 < r["silent_fraction"] < 0.5)
     if name == "penalty":
         return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5)
     if name == "quantize":

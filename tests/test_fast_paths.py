@@ -1,7 +1,7 @@
 """``set_backend("fast")`` computes the same function as ``set_backend("reference")``.
 
 On the CPU the fast path is time folded into the batch plus the reference neurons (no Triton);
-two tests also run the Triton kernels inside a whole model (VGG, cnn7), through Triton's
+three tests also run the Triton kernels inside a whole model (VGG, cnn7, AlexNet), through Triton's
 interpreter in one child process. Every test first makes each layer of the random model fire (``wake_up``).
 """
 from __future__ import annotations
@@ -11,14 +11,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
 import qsnn_zoo
 from qsnn_zoo.layers import fused
+from qsnn_zoo.models import alexnet
 from qsnn_zoo.models.vgg import SpikingVGG
-from qsnn_zoo.testing import compare_backends, wake_up
+from qsnn_zoo.testing import compare_backends, sum_pool_in_kernel_order, wake_up
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAD_RTOL = 1e-4
@@ -148,16 +150,38 @@ def test_cnn7_with_triton_kernels_through_interpreter(interpreted):
     check(result)
 
 
+def test_alexnet_with_triton_kernels_through_interpreter(interpreted):
+    """The TSSL kernels and the fused 2x2 sum pool in the whole network. The kernel rounds the pooled
+    PSP once where ``sum_pool`` rounds twice (the sum, then its product by 1.1), so a pooled current
+    may differ from the reference's in its last bit and flip a spike that sits at the threshold:
+    bit-exact spikes and outputs are compared against the reference whose pooling is the kernel's own
+    arithmetic (``sum_pool_in_kernel_order``, which the layer checks hold bit-equal to the kernel).
+    Against the true reference, outputs and gradients are compared within a tolerance (no spike flips
+    for this input: the measured errors are 0 and under 1e-6)."""
+    result = dict(interpreted["alexnet"])
+    assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
+    calls = result.pop("fused_calls")
+    assert calls["sum_pool_2x2"] == result.pop("pools"), "a pooling layer did not take the fused kernel"
+    check(result["kernel_order"])
+    reference = result["reference"]
+    assert reference["min_rate"] > 0 and reference["grads_same_keys"]
+    assert reference["spike_mismatch_fraction"] < 1e-3
+    assert reference["output_rel_error"] < 1e-3 and reference["max_grad_rel_error"] < 1e-3
+
+
 def count_calls(module, names):
-    """Wraps ``module.<name>`` for each name with a call counter; returns the counts, and under
-    ``"constant_input"`` those of calls given a constant input with ``steps``."""
+    """Wraps ``module.<name>`` for each name with a counter of the calls that took a kernel (a fused
+    function returns None where none runs); returns the counts, and under ``"constant_input"`` those
+    of such calls given a constant input with ``steps``."""
     calls = dict.fromkeys((*names, "constant_input"), 0)
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
-            calls[name] += 1
-            calls["constant_input"] += kwargs.get("steps") is not None
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            if out is not None:
+                calls[name] += 1
+                calls["constant_input"] += kwargs.get("steps") is not None
+            return out
 
         return wrapper
 
@@ -196,5 +220,14 @@ if __name__ == "__main__":
     cnn7 = qsnn_zoo.create_model("cnn7_cifar10_fp32_stbp", T=2).to(memory_format=torch.channels_last)
     lif_calls = count_calls(fused, ("lif_hard_reset",))
     result = compare_exactly(cnn7, images[:1])
-    print(json.dumps({"vgg": vgg_result, "cnn7": {**result, "used_kernel": fused.triton_enabled(images),
-                                                  "fused_calls": lif_calls, "neurons": len(cnn7.spiking_neurons())}}))
+    cnn7_result = {**result, "used_kernel": fused.triton_enabled(images), "fused_calls": lif_calls,
+                   "neurons": len(cnn7.spiking_neurons())}
+    # fp32: a quantized AlexNet's fc1 (16.8 M weights) would spend most of the run quantizing in the interpreter
+    tssl = qsnn_zoo.create_model("alexnet_cifar10_fp32_tsslbp", T=2).to(memory_format=torch.channels_last)
+    pool_calls = count_calls(fused, ("sum_pool_2x2",))
+    with mock.patch.object(alexnet, "sum_pool", lambda x: sum_pool_in_kernel_order(x, alexnet.POOL_WEIGHT)):
+        kernel_order = compare_exactly(tssl, images[:1])
+    alexnet_result = {"kernel_order": kernel_order, "reference": compare_exactly(tssl, images[:1]),
+                      "used_kernel": fused.triton_enabled(images), "fused_calls": pool_calls,
+                      "pools": 2 * len(tssl.pool_after)}  # each pool once per fast forward, one in each comparison
+    print(json.dumps({"vgg": vgg_result, "cnn7": cnn7_result, "alexnet": alexnet_result}))

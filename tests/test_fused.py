@@ -1,7 +1,7 @@
 """The fused kernels equal their references: identical spikes, gradients within rounding.
 
-Neurons, the VGG layer pieces (IF with biases and in-kernel dropout, 2x2 pooling conv), the
-CBP penalty and the quantizer.
+Neurons, the VGG layer pieces (IF with biases and in-kernel dropout, 2x2 pooling conv), AlexNet's
+sum pooling on the pooling kernels, the CBP penalty and the quantizer.
 
 Triton decides at import time whether kernels are compiled or interpreted, so the kernels run in a
 child process with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter); this process only checks the
@@ -51,7 +51,8 @@ def test_kernel_matches_reference(interpreted, case):
 
 LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
                 "if_layer_constant_input_dropout", "if_layer_constant_input_dropout_channels_last", "dropout",
-                "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "penalty", "quantize")
+                "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "sum_pool_channels_last",
+                "sum_pool_contiguous", "sum_pool_bf16", "penalty", "quantize")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)
@@ -71,12 +72,20 @@ def test_layer_checks_pass_on_the_reference_fallback():
         assert layer_check_ok(name, result), (name, result)
 
 
+def test_sum_pool_declines_what_the_kernels_cannot_take(interpreted):
+    """None, so that AlexNet takes its reference pooling, for an odd height or width, a tensor that is
+    not ``[B, C, H, W]`` and the pool piece switched off; the kernel's output otherwise."""
+    assert interpreted["sum_pool_takes"] == {"even": True, "odd_height": False, "odd_width": False,
+                                             "three_dims": False, "piece_off": False}
+
+
 def test_cpu_without_interpreter_falls_back_to_reference():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process interprets kernels")
     x = torch.randn(3, 2, 5)
     assert not fused.triton_enabled(x)
     assert fused.lif_hard_reset(x, 0.5, 0.25, 0.5) is None  # no kernel: the caller chooses the reference
+    assert fused.sum_pool_2x2(torch.randn(2, 3, 4, 4), 1.1) is None
     assert torch.equal(neurons.lif_hard_reset_fast(x, 0.5, 0.25, 0.5), neurons.lif_hard_reset(x, 0.5, 0.25, 0.5))
 
 
@@ -138,4 +147,9 @@ def test_kernels_never_import_the_neurons():
 if __name__ == "__main__":
     torch.manual_seed(0)
     neuron_results = {name: compare_neuron(*case) for name, case in neuron_cases().items()}
-    print(json.dumps({"neurons": neuron_results, "layers": layer_checks()}))
+    inputs = {"even": torch.rand(2, 3, 4, 6), "odd_height": torch.rand(2, 3, 5, 6), "odd_width": torch.rand(2, 3, 4, 5),
+              "three_dims": torch.rand(3, 4, 6)}
+    takes = {name: fused.sum_pool_2x2(x, 1.1) is not None for name, x in inputs.items()}
+    with fused.pieces_disabled("pool"):
+        takes["piece_off"] = fused.sum_pool_2x2(inputs["even"], 1.1) is not None
+    print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes}))

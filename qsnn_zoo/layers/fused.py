@@ -1,6 +1,7 @@
 """Fused kernels of the fast paths: multi-step neurons (one kernel runs the whole forward over T,
 one the whole backward), the rest of a VGG layer around its IF neuron (biases, dropout, the 2x2
-pooling conv) and the quantizer. CBP's penalty kernel lives beside the engine, in ``qsnn_zoo.cbp_kernel``.
+pooling conv, whose kernels also run AlexNet's 2x2 sum pooling) and the quantizer. CBP's penalty
+kernel lives beside the engine, in ``qsnn_zoo.cbp_kernel``.
 
 Each neuron function here computes the same function as its namesake in :mod:`.neurons` (the
 readable reference), each other function names its reference; all are tested equal to them. On
@@ -690,16 +691,37 @@ def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor, gate: bool = False) -> 
     converted models: weights 1/4), since sums of equal terms round alike in any order.
     """
     usable = (
-        piece_enabled("pool", x)
-        and x.dim() == 4
-        and x.shape[2] % 2 == 0
-        and x.shape[3] % 2 == 0
+        _poolable(x)
         and tuple(weight.shape) == (x.shape[1], 1, 2, 2)
         and not weight.requires_grad  # the kernel gives no weight gradient: the pool weights are frozen
     )
     if not usable:
         pooled = torch.nn.functional.conv2d(x, weight, stride=2, groups=x.shape[1])
         return torch.nn.functional.relu(pooled) if gate else pooled
+    return _pool(x, weight, gate)
+
+
+def sum_pool_2x2(x: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
+    """``F.avg_pool2d(x, 2, divisor_override=1) * scale`` (TSSL-BP's pooling,
+    :func:`qsnn_zoo.models.alexnet.sum_pool`) on the pooling kernels, as the depthwise conv whose taps
+    are all ``scale``; None where no kernel runs.
+
+    The kernel sums ``scale * x`` over the four taps in fp32 and rounds once to ``x``'s dtype; the
+    reference rounds the sum, then its product with ``scale``: equal within rounding. The gradient,
+    ``scale`` times the output's at each tap, is the same product in both.
+    """
+    if not _poolable(x):
+        return None
+    taps = torch.full((x.shape[1], 1, 2, 2), scale, dtype=torch.float32, device=x.device)
+    return _pool(x, taps, False)
+
+
+def _poolable(x: torch.Tensor) -> bool:
+    """Whether the pooling kernels take ``x``: ``[B, C, H, W]`` with even H and W, where the piece runs."""
+    return piece_enabled("pool", x) and x.dim() == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+
+
+def _pool(x: torch.Tensor, weight: torch.Tensor, gate: bool) -> torch.Tensor:
     if not _dense_slab(x):
         x = x.contiguous()
     return _AvgPoolConvFunction.apply(x, weight, gate)

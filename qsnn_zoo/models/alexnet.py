@@ -48,6 +48,16 @@ def sum_pool(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2, divisor_override=1) * POOL_WEIGHT
 
 
+def fast_sum_pool(x: torch.Tensor) -> torch.Tensor:
+    """:func:`sum_pool` on the fused 2x2 pooling kernels where they run (equal within rounding, in
+    ``x``'s memory format), else :func:`sum_pool`: PyTorch's ``avg_pool2d`` kernels took a third of
+    the GPU time of the bf16 CBP step on an H200 (benchmarks/README.md)."""
+    from ..layers import fused  # imported on use, as the neurons do: only the GPU path needs Triton
+
+    pooled = fused.sum_pool_2x2(x, POOL_WEIGHT)
+    return sum_pool(x) if pooled is None else pooled
+
+
 class TSSLAlexNet(SpikingModel):
     def __init__(
         self,
@@ -94,13 +104,14 @@ class TSSLAlexNet(SpikingModel):
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Output PSPs ``[T, B, K]``."""
         fold = self.fold_time
+        pool = fast_sum_pool if fold else sum_pool
         a = psp_filter(x.unsqueeze(0).expand(self.T, *x.shape), self.tau_s)  # docs/method.md §C.2 input encoding
         for name in self.layer_names:
             if name == "fc1":
                 a = a.flatten(2)
             a = self.neurons[name](over_time(getattr(self, name), a, fold))
             if name in self.pool_after:
-                a = over_time(sum_pool, a, fold)
+                a = over_time(pool, a, fold)
             if name != self.layer_names[-1]:
                 a = self.dropout(a)
         return a
