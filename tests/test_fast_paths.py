@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
+from _interpreter import run_interpreted
 
 import qsnn_zoo
 from qsnn_zoo.layers import fused
@@ -22,7 +20,6 @@ from qsnn_zoo.models import alexnet
 from qsnn_zoo.models.vgg import SpikingVGG
 from qsnn_zoo.testing import compare_backends, sum_pool_in_kernel_order, wake_up
 
-ROOT = Path(__file__).resolve().parents[1]
 GRAD_RTOL = 1e-4
 
 
@@ -120,11 +117,7 @@ def test_unknown_backend_is_refused():
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 def test_vgg_with_triton_kernels_through_interpreter(interpreted):

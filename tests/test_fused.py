@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _interpreter import run_interpreted
 
 from qsnn_zoo.layers import fused, neurons
 from qsnn_zoo.layers.neurons import LIFNeuron
 from qsnn_zoo.layers.time import repeat_over_time
 from qsnn_zoo.testing import compare_neuron, layer_check_ok, layer_checks, neuron_cases
 
-ROOT = Path(__file__).resolve().parents[1]
 GRAD_RTOL = {"fp32": 1e-5, "bf16": 1e-2}  # bf16: the gradient itself is stored in bf16
 
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("case", sorted(neuron_cases()))
