@@ -144,6 +144,9 @@ class ModelEntry:
         data = asdict(self)
         data.pop("builder")
         data["arch_kwargs"] = dict(self.arch_kwargs)
+        if self.weights is not None and not self.weights.parts:
+            # As published.json writes it, and so the config saved into a weights file is what it was.
+            del data["weights"]["parts"]
         return data
 
     def to_json(self) -> str:

@@ -43,8 +43,8 @@ def split_file(path: PathLike, directory: PathLike, part_bytes: int = PART_BYTES
 def _check_part(path: Path, record: FilePart) -> None:
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"part {record.filename} is missing (looked for {path}); restore it with `git checkout -- {record.filename}` "
-            "in checkpoints/ or pass weights=PATH of the whole file."
+            f"part {path} of a weights file is missing; restore it (in a clone: `git checkout -- "
+            f"checkpoints/{record.filename}`) or pass weights=PATH of the whole file."
         )
     size = path.stat().st_size
     actual = sha256_of(path) if size == record.size else None
@@ -52,7 +52,7 @@ def _check_part(path: Path, record: FilePart) -> None:
         found = f"sha256 {actual}" if actual else f"{size} bytes"
         raise HashMismatchError(
             f"part {path} is not the published part: {found}, expected {record.size} bytes with sha256 "
-            f"{record.sha256}; restore it with `git checkout -- {record.filename}` in checkpoints/."
+            f"{record.sha256}; restore it (in a clone: `git checkout -- checkpoints/{record.filename}`)."
         )
 
 

@@ -118,3 +118,19 @@ def test_a_missing_part_of_a_registered_file_is_named_when_loading(parts_only):
     (hub.REPO_CHECKPOINTS / entry.weights.parts[-1].filename).unlink()
     with pytest.raises(WeightsNotFoundError, match=entry.weights.parts[-1].filename.replace(".", r"\.")):
         resolve_weights(entry, cache_dir=cache)
+
+
+def test_a_truncated_part_is_refused_by_its_size(tmp_path):
+    data = os.urandom(2500)
+    records, directory = split(tmp_path, data, 1000)
+    part = directory / records[0].filename
+    part.write_bytes(part.read_bytes()[:-1])
+    with pytest.raises(HashMismatchError, match="999 bytes, expected 1000 bytes"):
+        join_parts(pairs(records, directory), tmp_path / "joined" / FILENAME, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_parts_in_the_weights_directory_named_by_the_environment_are_joined(parts_only, monkeypatch, tmp_path):
+    entry, _, data, cache = parts_only
+    monkeypatch.setenv("QSNN_ZOO_WEIGHTS", str(hub.REPO_CHECKPOINTS))
+    monkeypatch.setattr(hub, "REPO_CHECKPOINTS", tmp_path / "no-checkpoints")
+    assert resolve_weights(entry, cache_dir=cache).read_bytes() == data

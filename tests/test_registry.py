@@ -257,7 +257,8 @@ def test_a_record_of_a_file_committed_in_parts_keeps_them_in_order():
     assert merged.weights.parts == (FilePart(**parts[0]), FilePart(**parts[1]))
     assert json.loads(merged.to_json())["weights"] == record["weights"]
     committed_whole = {k: v for k, v in record["weights"].items() if k != "parts"}
-    assert _registry._with_published(entry, {**record, "weights": committed_whole}).weights.parts == ()
+    whole = _registry._with_published(entry, {**record, "weights": committed_whole})
+    assert whole.weights.parts == () and json.loads(whole.to_json())["weights"] == committed_whole
 
 
 def test_a_record_without_committed_weights_keeps_its_made_file_and_is_not_pretrained(monkeypatch):
