@@ -169,8 +169,9 @@ def _committed_parts(entry: ModelEntry) -> str:
     parts = entry.weights.parts
     if not parts:
         return ""
-    return (f" The repository commits it as {len(parts)} parts of at most {max(p.size for p in parts) / MB:.3g} MB (`checkpoints/"
-            f"{parts[0].filename}` ...), which the library joins and checks against this sha256.")
+    largest = max(part.size for part in parts) / MB
+    return (f" The repository commits it as {len(parts)} parts of at most {largest:.3g} MB "
+            f"(`checkpoints/{parts[0].filename}` ...), which the library joins and checks against this sha256.")
 
 
 def settings(entry: ModelEntry) -> str:

@@ -138,7 +138,7 @@ def _join_local_parts(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Optio
     when no part of it is here."""
     from .parts import join_parts  # parts writes through weights, which needs torch
 
-    directory = _parts_directory(entry) if entry.weights is not None else None
+    directory = _parts_directory(entry)
     if directory is None:
         return None
     w, dest = entry.weights, joined_path(entry, cache_dir)
