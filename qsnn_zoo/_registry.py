@@ -53,6 +53,15 @@ class QuantSpec:
 
 
 @dataclass(frozen=True)
+class FilePart:
+    """One byte-exact part of a weights file too large to commit whole (:mod:`qsnn_zoo.parts`)."""
+
+    filename: str  # NAME.safetensors.part<k>-of-<n>, in checkpoints/ beside where the whole file would be
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class WeightsFile:
     """A published weights file: where it lives and how to recognise it."""
 
@@ -63,6 +72,9 @@ class WeightsFile:
     # A full commit hash, so downloads are reproducible; None while the file ships only in the
     # repository's checkpoints/ folder and has not been uploaded to the Hub.
     revision: Optional[str] = None
+    # The parts the file is committed as in checkpoints/, in order, when it is over the repository's
+    # size limit; empty when it is committed whole. The Hub holds the whole file either way.
+    parts: Tuple[FilePart, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,9 @@ class ModelEntry:
         data = asdict(self)
         data.pop("builder")
         data["arch_kwargs"] = dict(self.arch_kwargs)
+        if self.weights is not None and not self.weights.parts:
+            # As published.json writes it, and so the config saved into a weights file is what it was.
+            del data["weights"]["parts"]
         return data
 
     def to_json(self) -> str:
@@ -149,12 +164,17 @@ def _published() -> Dict[str, Any]:
     return json.loads(PUBLISHED_FILE.read_text())
 
 
+def _weights_file(record: Mapping[str, Any]) -> WeightsFile:
+    parts = tuple(FilePart(**part) for part in record.get("parts", ()))
+    return WeightsFile(**{**record, "parts": parts})
+
+
 def _with_published(entry: ModelEntry, record: Mapping[str, Any]) -> ModelEntry:
     """``entry`` with its published record; a record's "weights" is null when only its made file is known."""
     weights, made_file = record["weights"], record.get("made_file")
     return replace(
         entry,
-        weights=None if weights is None else WeightsFile(**weights),
+        weights=None if weights is None else _weights_file(weights),
         made_file=None if made_file is None else MadeFile(**made_file),
         metrics=tuple(Metric(**m) for m in record.get("metrics", ())),
         recipe=record.get("recipe", entry.recipe),

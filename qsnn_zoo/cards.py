@@ -157,12 +157,21 @@ def overview(entry: ModelEntry) -> str:
     elif entry.weights.revision is None:
         lines.append(f"- Weights: `{entry.weights.filename}` ({entry.weights.size:,} bytes, sha256 "
                      f"`{entry.weights.sha256}`) in the repository's `checkpoints/` folder; not yet uploaded to "
-                     f"the Hub repository {entry.weights.hf_repo}.")
+                     f"the Hub repository {entry.weights.hf_repo}.{_committed_parts(entry)}")
     else:
         lines.append(f"- Weights: `{entry.weights.filename}` ({entry.weights.size:,} bytes, sha256 `{entry.weights.sha256}`), "
                      f"as `model.safetensors` of [{entry.weights.hf_repo}](https://huggingface.co/{entry.weights.hf_repo}) "
-                     f"at revision `{entry.weights.revision}`.")
+                     f"at revision `{entry.weights.revision}`.{_committed_parts(entry)}")
     return "\n".join(lines)
+
+
+def _committed_parts(entry: ModelEntry) -> str:
+    parts = entry.weights.parts
+    if not parts:
+        return ""
+    largest = max(part.size for part in parts) / MB
+    return (f" The repository commits it as {len(parts)} parts of at most {largest:.3g} MB "
+            f"(`checkpoints/{parts[0].filename}` ...), which the library joins and checks against this sha256.")
 
 
 def settings(entry: ModelEntry) -> str:

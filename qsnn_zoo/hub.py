@@ -3,7 +3,9 @@
 Resolution order for an entry's weights:
 1. an explicit ``weights=`` file or directory;
 2. the directory named by ``$QSNN_ZOO_WEIGHTS``;
-3. the repository's own ``checkpoints/`` folder (in a clone, and in torch.hub's copy of one);
+3. the repository's own ``checkpoints/`` folder (in a clone, and in torch.hub's copy of one), where a
+   file over the repository's size limit is committed as parts (:mod:`qsnn_zoo.parts`) that are
+   joined, checked, into ``CACHE/qsnn_zoo/joined/SHA256/`` (CACHE: ``cache_dir`` or huggingface_hub's);
 4. the Hugging Face Hub, through ``huggingface_hub.hf_hub_download`` at the entry's pinned revision
    (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and its progress bar).
 A file that is the entry's published file has its full sha256 checked before use.
@@ -114,6 +116,37 @@ def _verify(entry: ModelEntry, path: Path) -> Path:
     return path
 
 
+def _parts_directory(entry: ModelEntry) -> Optional[Path]:
+    """The first local weights directory holding any part of ``entry``'s file, in resolution order."""
+    for directory in (_env_weights_dir(), REPO_CHECKPOINTS):
+        if directory is not None and any((directory / part.filename).is_file() for part in entry.weights.parts):
+            return directory
+    return None
+
+
+def joined_path(entry: ModelEntry, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where ``entry``'s parts are joined: beside Hub downloads, so checkpoints/ stays as committed."""
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        cache_dir = constants.HF_HUB_CACHE
+    return Path(cache_dir).expanduser() / "qsnn_zoo" / "joined" / entry.weights.sha256 / entry.weights.filename
+
+
+def _join_local_parts(entry: ModelEntry, cache_dir: Optional[PathLike]) -> Optional[Path]:
+    """``entry``'s file joined from its committed parts (or joined before and unchanged since); None
+    when no part of it is here."""
+    from .parts import join_parts  # parts writes through weights, which needs torch
+
+    directory = _parts_directory(entry)
+    if directory is None:
+        return None
+    w, dest = entry.weights, joined_path(entry, cache_dir)
+    if dest.is_file() and dest.stat().st_size == w.size and sha256_of(dest) == w.sha256:
+        return dest
+    return join_parts([(directory / part.filename, part) for part in w.parts], dest, w.sha256, w.size)
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -217,4 +250,4 @@ def resolve_weights(
             f"{missing}. Make them with `{entry.recipe}`, then pass "
             f"weights=PATH, or put {weights_filename(entry)} in ${ENV_WEIGHTS_DIR} or checkpoints/."
         )
-    return _download(entry, cache_dir)
+    return _join_local_parts(entry, cache_dir) or _download(entry, cache_dir)

@@ -8,7 +8,9 @@ output of ``qsnn-zoo eval NAME --weights OUT/NAME/NAME.safetensors --data DIR --
 test set) and
 
 1. writes the weights in their canonical form (safetensors header in sorted key order) to
-   ``checkpoints/NAME.safetensors``;
+   ``checkpoints/NAME.safetensors``, or, for a file over the repository's 50 MB limit, as parts of at
+   most 45 MB, ``checkpoints/NAME.safetensors.part1-of-N`` ..., recorded in the record's "parts" (the
+   library joins and checks them; :mod:`qsnn_zoo.parts`);
 2. copies the evidence (each stage's log, curves and summary, the evaluations) to ``runs/NAME/``;
 3. writes the registry record (sha256, size, metrics with the file each comes from, recipe, notes)
    into ``qsnn_zoo/published.json``;
@@ -25,17 +27,19 @@ result under another metric name (top1_ann for the ANN form, top1_fp32_weights b
 re-save, top1_cpu for the CPU's reference backend). --note adds a line to the card's account of how
 the run differs from the entry's full recipe (docs/method.md).
 
---not-committed REASON publishes an entry whose file is too large to commit: the file is checked and
+--not-committed REASON publishes an entry whose file is not brought to this machine: the file is checked and
 hashed but not copied, the record's "weights" is null and its "made_file" holds the sha256, size and
 float dtype of the file with the reason, so the card can say how to make it and anyone who makes it
 can check theirs. Where the file cannot be brought to this machine, --weights takes instead the JSON
 that `qsnn_zoo.weights.describe_file` wrote of it where it was made.
 """
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +49,7 @@ from qsnn_zoo._registry import PUBLISHED_FILE
 from qsnn_zoo.cards import REPO_ROOT
 from qsnn_zoo.hub import REPO_CHECKPOINTS
 from qsnn_zoo.metrics import metric_records
+from qsnn_zoo.parts import COMMIT_LIMIT_BYTES, PART_BYTES, split_file
 from qsnn_zoo.train.config import stages_for
 from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file
 
@@ -124,15 +129,27 @@ def file_records(entry, described: dict, data: Optional[bytes], not_committed: O
     if not_committed:
         return {"weights": None, "made_file": {**identity, "dtype": described["float_dtype"], "reason": not_committed}}
     target = REPO_CHECKPOINTS / f"{entry.name}.safetensors"
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
-    return {
-        "weights": {
-            "filename": target.name,
-            **identity,
-            "hf_repo": hf_repo or f"qsnn-zoo/{entry.name}",
-            "revision": None,  # not uploaded to the Hub from here; the file ships in checkpoints/
-        }
+    weights = {
+        "filename": target.name,
+        **identity,
+        "hf_repo": hf_repo or f"qsnn-zoo/{entry.name}",
+        "revision": None,  # not uploaded to the Hub from here; the file ships in checkpoints/
     }
+    if len(data) <= COMMIT_LIMIT_BYTES:
+        atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+        parts = []
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            whole = Path(scratch) / target.name
+            whole.write_bytes(data)
+            parts = split_file(whole, REPO_CHECKPOINTS, PART_BYTES)
+    # An earlier publication's whole file or parts would otherwise be found beside the new ones.
+    written = {part.filename for part in parts} or {target.name}
+    for stale in [target, *REPO_CHECKPOINTS.glob(f"{target.name}.part*-of-*")]:
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
+    in_parts = {"parts": [dataclasses.asdict(part) for part in parts]} if parts else {}
+    return {"weights": {**weights, **in_parts}}
 
 
 def fail(message: str) -> None:
@@ -218,7 +235,9 @@ def main(argv=None) -> None:
     atomic_write(PUBLISHED_FILE, lambda tmp: Path(tmp).write_text(text))
     _registry.publish_record(entry.name, published[entry.name])
     make_cards.write_all()
-    where = "not committed" if args.not_committed else f"checkpoints/{files['weights']['filename']}"
+    parts = len(files["weights"].get("parts", ())) if files["weights"] else 0
+    where = ("not committed" if args.not_committed
+             else f"checkpoints/{files['weights']['filename']}" + (f" as {parts} parts" if parts else ""))
     print(f"published {entry.name}: {where} ({described['size']} bytes), {len(metrics)} metrics")
 
 

@@ -31,9 +31,14 @@ def repository_copy(root, monkeypatch):
 
 
 @pytest.fixture
-def publish(tmp_path, monkeypatch):
+def publish_script(tmp_path, monkeypatch):
+    return repository_copy(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def publish(publish_script, tmp_path):
     """publish.py's main, writing under tmp_path, and the files a run would hand it."""
-    module = repository_copy(tmp_path, monkeypatch)
+    module = publish_script
     run = tmp_path / "run"
     weights = save_weights(qsnn_zoo.create_model(NAME), run / f"{NAME}.safetensors")
     accuracy = {"lossless": {"top1": 61.234, "rows": 1017}, "all": {"top1": 58.5, "rows": 10000}}
@@ -69,6 +74,27 @@ def test_a_committed_file_and_a_not_committed_one_are_the_same_bytes_described_a
     assert "made_file" not in record and record["weights"]["filename"] == committed.name
     assert (record["weights"]["sha256"], record["weights"]["size"]) == (made["sha256"], made["size"])
     assert hashlib.sha256(committed.read_bytes()).hexdigest() == made["sha256"]
+
+
+def test_a_file_over_the_limit_is_committed_as_parts_that_join_to_it(publish, publish_script, monkeypatch):
+    main, root, weights = publish
+    module = publish_script
+    monkeypatch.setattr(module, "COMMIT_LIMIT_BYTES", 1_000_000)
+    monkeypatch.setattr(module, "PART_BYTES", 800_000)
+    main()
+    record = json.loads((root / "published.json").read_text())[NAME]["weights"]
+    data = canonical_safetensors(weights.read_bytes())
+    n = -(-len(data) // 800_000)
+    assert n > 1 and [p["filename"] for p in record["parts"]] == [f"{NAME}.safetensors.part{k}-of-{n}" for k in range(1, n + 1)]
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == sorted(p["filename"] for p in record["parts"])
+    assert b"".join((root / "checkpoints" / p["filename"]).read_bytes() for p in record["parts"]) == data
+    assert (record["sha256"], record["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert len(_registry._with_published(get_entry(NAME), {"weights": record}).weights.parts) == n
+    assert f"as {n} parts of at most 0.8 MB" in (root / "model_cards" / f"{NAME}.md").read_text()
+    monkeypatch.setattr(module, "COMMIT_LIMIT_BYTES", 50_000_000)
+    main()  # published again whole: the parts go, so only the new file is found
+    assert [p.name for p in (root / "checkpoints").iterdir()] == [f"{NAME}.safetensors"]
+    assert "parts" not in json.loads((root / "published.json").read_text())[NAME]["weights"]
 
 
 def test_not_committed_refuses_a_hub_repository(publish):

@@ -17,6 +17,7 @@ from qsnn_zoo._registry import (
     DATASETS,
     METHODS,
     WEIGHT_KINDS,
+    FilePart,
     MadeFile,
     Metric,
     ModelEntry,
@@ -26,6 +27,7 @@ from qsnn_zoo._registry import (
     list_models,
     model_info,
 )
+from qsnn_zoo.parts import PART_BYTES, part_name
 from qsnn_zoo.layers.neurons import IFNeuron, LIFNeuron, TSSLNeuron
 from qsnn_zoo.layers.quant import is_quantized, quantized_modules
 from qsnn_zoo.models._common import NORMALIZATION, NUM_CLASSES
@@ -91,8 +93,13 @@ def contract_violations(entry: ModelEntry) -> List[str]:
         pinned = w.revision is None or HEX40.fullmatch(w.revision)  # None: only in checkpoints/ so far
         if not (re.fullmatch(r"[\w.-]+/[\w.-]+", w.hf_repo) and pinned):
             problems.append(f"weights must name a Hub repo and pin a full commit hash, got {w.hf_repo}@{w.revision}")
-        if w.revision is None and not (REPO_ROOT / "checkpoints" / w.filename).is_file():
-            problems.append(f"weights not on the Hub must ship in checkpoints/, {w.filename} is not there")
+        committed = [p.filename for p in w.parts] or [w.filename]
+        if w.revision is None and not all((REPO_ROOT / "checkpoints" / f).is_file() for f in committed):
+            problems.append(f"weights not on the Hub must ship in checkpoints/, {committed} are not all there")
+        if w.parts and (sum(p.size for p in w.parts) != w.size or max(p.size for p in w.parts) > PART_BYTES
+                        or [p.filename for p in w.parts] != [part_name(w.filename, k, len(w.parts))
+                                                             for k in range(1, len(w.parts) + 1)]):
+            problems.append(f"parts {w.parts} must be named in order, each at most {PART_BYTES} bytes, adding up to the file")
         if not entry.metrics:
             problems.append("published weights come with measured metrics")
     made = entry.made_file
@@ -147,6 +154,8 @@ def test_the_contract_check_catches_broken_records():
         "T disagrees with arch_kwargs": dict(T=16),
         "recipe of another entry": dict(recipe="python scripts/reproduce.py vgg16_cifar10_ter_calib"),
         "made file without metrics": dict(made_file=good_made),
+        "parts not adding up to the file": dict(weights=dataclasses.replace(good_weights, parts=(
+            FilePart(f"{entry.name}.safetensors.part1-of-1", "e" * 64, 1_000),)), metrics=(good_metric,)),
         "made file beside weights": dict(weights=good_weights, made_file=good_made, metrics=(good_metric,)),
         "made file without reason": dict(made_file=dataclasses.replace(good_made, reason=""), metrics=(good_metric,)),
         "made file of another dtype": dict(made_file=dataclasses.replace(good_made, dtype="bf16"), metrics=(good_metric,)),
@@ -234,6 +243,22 @@ def test_published_records_fill_weights_metrics_and_recipe():
     assert merged.weights == WeightsFile(**record["weights"])
     assert merged.metrics == (Metric(**record["metrics"][0]),)
     assert merged.recipe == record["recipe"] and merged.neuron == entry.neuron
+
+
+def test_a_record_of_a_file_committed_in_parts_keeps_them_in_order():
+    entry = get_entry("cnn7_cifar10_fp32_stbp")
+    parts = [{"filename": f"p.safetensors.part{k}-of-2", "sha256": c * 64, "size": 3} for k, c in ((1, "a"), (2, "b"))]
+    record = {
+        "weights": {"filename": "p.safetensors", "sha256": "c" * 64, "size": 6, "hf_repo": "a/b", "revision": None,
+                    "parts": parts},
+        "metrics": [{"name": "top1", "value": 88.0, "data": "cifar10 test, all rows", "rows": 10000, "source": "x.json"}],
+    }
+    merged = _registry._with_published(entry, record)
+    assert merged.weights.parts == (FilePart(**parts[0]), FilePart(**parts[1]))
+    assert json.loads(merged.to_json())["weights"] == record["weights"]
+    committed_whole = {k: v for k, v in record["weights"].items() if k != "parts"}
+    whole = _registry._with_published(entry, {**record, "weights": committed_whole})
+    assert whole.weights.parts == () and json.loads(whole.to_json())["weights"] == committed_whole
 
 
 def test_a_record_without_committed_weights_keeps_its_made_file_and_is_not_pretrained(monkeypatch):
