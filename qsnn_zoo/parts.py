@@ -25,18 +25,17 @@ def part_name(filename: str, k: int, n: int) -> str:
     return f"{filename}.part{k}-of-{n}"
 
 
-def split_file(path: PathLike, directory: PathLike, part_bytes: int = PART_BYTES) -> List[FilePart]:
-    """Writes ``path`` as consecutive parts of at most ``part_bytes`` into ``directory``, each atomically."""
-    path, directory = Path(path), Path(directory)
-    size = path.stat().st_size
-    n = max(1, -(-size // part_bytes))
+def split_bytes(data: bytes, filename: str, directory: PathLike, part_bytes: int = PART_BYTES) -> List[FilePart]:
+    """Writes ``data``, the file ``filename``, as consecutive parts of at most ``part_bytes`` into
+    ``directory``, each atomically."""
+    directory = Path(directory)
+    n = max(1, -(-len(data) // part_bytes))
     records = []
-    with open(path, "rb") as f:
-        for k in range(1, n + 1):
-            chunk = f.read(part_bytes)
-            name = part_name(path.name, k, n)
-            atomic_write(directory / name, lambda tmp, chunk=chunk: Path(tmp).write_bytes(chunk))
-            records.append(FilePart(name, hashlib.sha256(chunk).hexdigest(), len(chunk)))
+    for k in range(1, n + 1):
+        chunk = data[(k - 1) * part_bytes:k * part_bytes]
+        name = part_name(filename, k, n)
+        atomic_write(directory / name, lambda tmp, chunk=chunk: Path(tmp).write_bytes(chunk))
+        records.append(FilePart(name, hashlib.sha256(chunk).hexdigest(), len(chunk)))
     return records
 
 

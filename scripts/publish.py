@@ -39,7 +39,6 @@ import json
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +48,7 @@ from qsnn_zoo._registry import PUBLISHED_FILE
 from qsnn_zoo.cards import REPO_ROOT
 from qsnn_zoo.hub import REPO_CHECKPOINTS
 from qsnn_zoo.metrics import metric_records
-from qsnn_zoo.parts import COMMIT_LIMIT_BYTES, PART_BYTES, split_file
+from qsnn_zoo.parts import COMMIT_LIMIT_BYTES, PART_BYTES, split_bytes
 from qsnn_zoo.train.config import stages_for
 from qsnn_zoo.weights import atomic_write, canonical_safetensors, describe_file
 
@@ -139,10 +138,7 @@ def file_records(entry, described: dict, data: Optional[bytes], not_committed: O
         atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
         parts = []
     else:
-        with tempfile.TemporaryDirectory() as scratch:
-            whole = Path(scratch) / target.name
-            whole.write_bytes(data)
-            parts = split_file(whole, REPO_CHECKPOINTS, PART_BYTES)
+        parts = split_bytes(data, target.name, REPO_CHECKPOINTS, PART_BYTES)
     # An earlier publication's whole file or parts would otherwise be found beside the new ones.
     written = {part.filename for part in parts} or {target.name}
     for stale in [target, *REPO_CHECKPOINTS.glob(f"{target.name}.part*-of-*")]:

@@ -10,7 +10,7 @@ import torch
 import qsnn_zoo
 from qsnn_zoo import _registry, hub
 from qsnn_zoo.hub import HashMismatchError, WeightsNotFoundError, resolve_weights
-from qsnn_zoo.parts import COMMIT_LIMIT_BYTES, PART_BYTES, join_parts, split_file
+from qsnn_zoo.parts import join_parts, split_bytes
 from qsnn_zoo.weights import export_state, save_weights
 
 NAME = "vgg16_cifar10_bin_calib"
@@ -18,19 +18,12 @@ FILENAME = f"{NAME}.safetensors"
 
 
 def split(tmp_path, data: bytes, part_bytes: int):
-    source = tmp_path / "whole" / FILENAME
-    source.parent.mkdir()
-    source.write_bytes(data)
     directory = tmp_path / "checkpoints"
-    return split_file(source, directory, part_bytes), directory
+    return split_bytes(data, FILENAME, directory, part_bytes), directory
 
 
 def pairs(records, directory):
     return [(directory / r.filename, r) for r in records]
-
-
-def test_the_limits_leave_each_part_under_what_the_repository_commits():
-    assert PART_BYTES < COMMIT_LIMIT_BYTES == 50_000_000
 
 
 def test_split_then_join_gives_the_same_bytes(tmp_path):
