@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .layers.fused import _LAUNCH, BLOCK, _grid, piece_enabled, triton
+from .layers.fused import _LAUNCH, BLOCK, _grid, dense_layout, piece_enabled, triton
 
 if triton is not None:
     import triton.language as tl
@@ -78,7 +78,7 @@ class _PenaltyFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         weight, multiplier, s = ctx.saved_tensors
         ternary, u = ctx.constants
-        grad_w = torch.empty_like(weight)
+        grad_w = torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype, device=weight.device)
         _penalty_backward_kernel[_grid(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
                                                         grad_w, weight.numel(), u, TERNARY=ternary, BLOCK=BLOCK,
                                                         **_LAUNCH)
@@ -95,8 +95,8 @@ def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: to
         piece_enabled("penalty", weight)
         and weight.dtype == torch.float32
         and multiplier.dtype == torch.float32
-        and weight.is_contiguous()
-        and multiplier.is_contiguous()
+        and dense_layout(weight)
+        and multiplier.stride() == weight.stride()  # walked as one flat run each, element for element
         and not multiplier.requires_grad
     )
     if not usable:

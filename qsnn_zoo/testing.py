@@ -11,6 +11,7 @@ pooling kernels, the fused CBP penalty and the one-pass quantizer against their 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch.nn.functional as F
@@ -311,15 +312,27 @@ def compare_sum_pool(device="cpu", shape=(4, 6, 8, 10), channels_last: bool = Tr
     }
 
 
-def compare_penalty(device="cpu", n: int = 5000) -> dict:
+CONV_WEIGHT_SHAPE = (40, 16, 3, 3)  # 5,760 weights: several kernel blocks and a partial last one
+WEIGHT_CHECK_SIZE = math.prod(CONV_WEIGHT_SHAPE)
+
+
+def _weight_like(values: torch.Tensor, channels_last: bool, device) -> torch.Tensor:
+    """``values`` as a flat weight, or as a conv weight in channels_last, the layout of every conv
+    weight on the fast backend."""
+    if not channels_last:
+        return values.to(device)
+    return values.reshape(CONV_WEIGHT_SHAPE).to(device, memory_format=torch.channels_last)
+
+
+def compare_penalty(device="cpu", channels_last: bool = False) -> dict:
     """``cbp_kernel.constraint_penalty`` against ``sum(lambda * cbp.constraint(...))`` for both modes and
-    several windows: value within rounding, gradient exact."""
+    several windows: value within rounding, gradient exact and in the weight's layout."""
     gen = torch.Generator().manual_seed(5)
-    worst_value, grads_equal = 0.0, True
+    worst_value, grads_equal, layout_kept = 0.0, True, True
     for mode in ("bin", "ter"):
         for g in (1, 2, 3, 10, 20):
-            w = (torch.randn(n, generator=gen) * 0.6).to(device).requires_grad_()
-            lam = torch.rand(n, generator=gen).to(device)
+            w = _weight_like(torch.randn(WEIGHT_CHECK_SIZE, generator=gen) * 0.6, channels_last, device).requires_grad_()
+            lam = _weight_like(torch.rand(WEIGHT_CHECK_SIZE, generator=gen), channels_last, device)
             scale = torch.tensor(0.37, device=device)
             fast = cbp_kernel.constraint_penalty(w, lam, scale, mode, cbp.window(g))
             if fast is None:
@@ -329,24 +342,28 @@ def compare_penalty(device="cpu", n: int = 5000) -> dict:
             g_ref, = torch.autograd.grad(ref * 1.5, w)
             worst_value = max(worst_value, abs(fast.item() - ref.item()) / max(abs(ref.item()), 1e-30))
             grads_equal = grads_equal and torch.equal(g_fast, g_ref)
-    return {"value_rel_error": worst_value, "grads_equal": grads_equal, "used_kernel": True}
+            layout_kept = layout_kept and g_fast.stride() == w.stride()
+    return {"value_rel_error": worst_value, "grads_equal": grads_equal, "layout_kept": layout_kept, "used_kernel": True}
 
 
-def compare_quantizer(device="cpu", n: int = 5000) -> dict:
+def compare_quantizer(device="cpu", channels_last: bool = False) -> dict:
     """``fused.quantize_weight`` against ``quant.quantize`` cast to the output dtype, for both modes
-    and fp32/bf16 outputs, with weights exactly on the tie points (0, +-s/2) mixed in: equal bits."""
+    and fp32/bf16 outputs, with weights exactly on the tie points (0, +-s/2) mixed in: equal bits, in
+    the weight's layout."""
     gen = torch.Generator().manual_seed(6)
-    equal = True
+    equal, layout_kept = True, True
     for mode in ("bin", "ter"):
         scale = torch.tensor(0.37, device=device)
-        w = (torch.randn(n, generator=gen) * 0.5).to(device)
-        w[:4] = torch.tensor([0.0, -0.0, 0.185, -0.185])  # 0.185 = s/2 in fp32, exactly
+        values = torch.randn(WEIGHT_CHECK_SIZE, generator=gen) * 0.5
+        values[:4] = torch.tensor([0.0, -0.0, 0.185, -0.185])  # 0.185 = s/2 in fp32, exactly
+        w = _weight_like(values, channels_last, device)
         for dtype in (torch.float32, torch.bfloat16):
             fast = fused.quantize_weight(w, scale, mode, dtype)
             if fast is None:
                 return {"used_kernel": False}
             equal = equal and fast.dtype == dtype and torch.equal(fast, quant.quantize(w, scale, mode).to(dtype))
-    return {"outputs_equal": equal, "used_kernel": True}
+            layout_kept = layout_kept and fast.stride() == w.stride()
+    return {"outputs_equal": equal, "layout_kept": layout_kept, "used_kernel": True}
 
 
 # The fused sum pool's largest error against AlexNet's sum_pool, in units of the dtype's eps. The
@@ -377,7 +394,9 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "sum_pool_contiguous": ("pool", lambda device: compare_sum_pool(device, channels_last=False)),
     "sum_pool_bf16": ("pool", lambda device: compare_sum_pool(device, dtype=torch.bfloat16)),
     "penalty": ("penalty", compare_penalty),
+    "penalty_channels_last": ("penalty", lambda device: compare_penalty(device, channels_last=True)),
     "quantize": ("quantize", compare_quantizer),
+    "quantize_channels_last": ("quantize", lambda device: compare_quantizer(device, channels_last=True)),
 }
 
 
@@ -413,10 +432,10 @@ def layer_check_ok(name: str, r: dict) -> bool:
         return (kernel_exact and grads
                 and r["output_max_eps_error"] <= SUM_POOL_EPS_BOUND[r["dtype"]] and r["output_dtype_equal"]
                 and r["layout_kept"] and r["grad_layout_kept"] and 0 < r["silent_fraction"] < 0.5)
-    if name == "penalty":
-        return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5)
-    if name == "quantize":
-        return not r["used_kernel"] or r["outputs_equal"]
+    if name.startswith("penalty"):
+        return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5 and r["layout_kept"])
+    if name.startswith("quantize"):
+        return not r["used_kernel"] or (r["outputs_equal"] and r["layout_kept"])
     raise KeyError(f"unknown layer check {name!r}")
 
 

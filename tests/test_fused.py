@@ -16,8 +16,11 @@ import pytest
 import torch
 from _interpreter import run_interpreted
 
+from qsnn_zoo.cbp import CBP
+from qsnn_zoo.cbp_kernel import constraint_penalty
 from qsnn_zoo.layers import fused, neurons
 from qsnn_zoo.layers.neurons import LIFNeuron
+from qsnn_zoo.layers.quant import QuantConv2d, QuantLinear, quantized_modules
 from qsnn_zoo.layers.time import repeat_over_time
 from qsnn_zoo.testing import compare_neuron, layer_check_ok, layer_checks, neuron_cases
 
@@ -45,7 +48,8 @@ def test_kernel_matches_reference(interpreted, case):
 LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
                 "if_layer_constant_input_dropout", "if_layer_constant_input_dropout_channels_last", "dropout",
                 "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "sum_pool_channels_last",
-                "sum_pool_contiguous", "sum_pool_bf16", "penalty", "quantize")
+                "sum_pool_contiguous", "sum_pool_bf16", "penalty", "penalty_channels_last", "quantize",
+                "quantize_channels_last")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)
@@ -126,6 +130,27 @@ def test_trained_threshold_keeps_reference_autograd():
     assert threshold.grad is not None
 
 
+def test_cbp_weight_pieces_take_the_fast_backends_layout(interpreted):
+    """CBP's penalty and the quantizer run their kernels on every quantized layer of a model in the
+    fast backend's layout (conv weights channels_last), the multipliers in the weights' layout."""
+    assert interpreted["weight_pieces_take"] == {"conv": {"penalty": True, "quantize": True},
+                                                 "linear": {"penalty": True, "quantize": True}}
+
+
+def weight_pieces_take() -> dict:
+    """Per quantized layer of a channels_last model under CBP: whether each weight piece ran its kernel."""
+    model = torch.nn.Sequential(QuantConv2d(16, 40, 3, quant="bin"), torch.nn.Flatten(),
+                                QuantLinear(40, 10, quant="ter")).to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    method = CBP(model, None, lambda_lr=1e-3)
+    return {
+        kind: {"penalty": constraint_penalty(layer.weight, method.multipliers[name].detach(), layer.scale, layer.quant,
+                                             method.u) is not None,
+               "quantize": fused.quantize_weight(layer.weight, layer.scale, layer.quant, torch.bfloat16) is not None}
+        for kind, (name, layer) in zip(("conv", "linear"), quantized_modules(model))
+    }
+
+
 def test_kernels_never_import_the_neurons():
     """The neurons own the choice of backend; the kernels module stands alone (no import circle)."""
     import ast
@@ -145,4 +170,5 @@ if __name__ == "__main__":
     takes = {name: fused.sum_pool_2x2(x, 1.1) is not None for name, x in inputs.items()}
     with fused.pieces_disabled("pool"):
         takes["piece_off"] = fused.sum_pool_2x2(inputs["even"], 1.1) is not None
-    print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes}))
+    print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes,
+                      "weight_pieces_take": weight_pieces_take()}))

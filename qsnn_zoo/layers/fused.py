@@ -95,20 +95,22 @@ def pieces_disabled(*pieces: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dense_slab(slab: torch.Tensor) -> bool:
-    if slab.is_contiguous():
+def dense_layout(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill its storage without gaps in the contiguous or channels_last
+    layout, so that an elementwise kernel may walk it as one flat run."""
+    if t.is_contiguous():
         return True
-    return slab.dim() == 4 and slab.is_contiguous(memory_format=torch.channels_last)
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _prepare(current: torch.Tensor, steps: Optional[int] = None) -> Tuple[torch.Tensor, int]:
     """``current`` in a kernel-readable layout, and its time stride (N or 0). With ``steps``,
     ``current`` is one step's ``[B, ...]``, the input at each of that many steps."""
     if steps is not None:
-        slab = current if _dense_slab(current) else current.contiguous()
+        slab = current if dense_layout(current) else current.contiguous()
         return repeat_over_time(slab, steps), 0
     slab = current[0]
-    if _dense_slab(slab) and current.stride(0) in (0, slab.numel()):
+    if dense_layout(slab) and current.stride(0) in (0, slab.numel()):
         return current, current.stride(0)
     current = current.contiguous()
     return current, current.stride(0)
@@ -722,7 +724,7 @@ def _poolable(x: torch.Tensor) -> bool:
 
 
 def _pool(x: torch.Tensor, weight: torch.Tensor, gate: bool) -> torch.Tensor:
-    if not _dense_slab(x):
+    if not dense_layout(x):
         x = x.contiguous()
     return _AvgPoolConvFunction.apply(x, weight, gate)
 
@@ -730,10 +732,12 @@ def _pool(x: torch.Tensor, weight: torch.Tensor, gate: bool) -> torch.Tensor:
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
     """:func:`.quant.quantize` of ``weight`` written in ``dtype`` by one kernel (no autograd: the
     caller's straight-through estimator gives the gradient); None where no kernel runs."""
-    usable = piece_enabled("quantize", weight) and weight.dtype == torch.float32 and weight.is_contiguous()
+    # Conv weights are channels_last on the fast backend: the kernel walks any dense layout, and Q(W)
+    # takes the weight's strides, element for element.
+    usable = piece_enabled("quantize", weight) and weight.dtype == torch.float32 and dense_layout(weight)
     if not usable:
         return None
-    q = torch.empty_like(weight, dtype=dtype)
+    q = torch.empty_strided(weight.shape, weight.stride(), dtype=dtype, device=weight.device)
     s = scale.detach().to(device=weight.device, dtype=torch.float32).reshape(1)
     _quantize_kernel[_grid(weight.numel())](weight, s, q, weight.numel(), TERNARY=mode == "ter", BLOCK=BLOCK,
                                             **_LAUNCH)
