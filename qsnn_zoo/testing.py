@@ -390,6 +390,10 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
     "pool_gated": ("pool", lambda device: compare_pool(device, gate=True)),
     "pool_int64_index": ("pool", compare_pool_int64_index),
+    # channels_last blocks of 64 channels: two of them, the second partial, and partial pixel blocks
+    "pool_channel_blocks": ("pool", lambda device: compare_pool(device, shape=(3, 80, 6, 4))),
+    # VGG16's last pool: a 1x1 output is contiguous in both layouts, its channels_last input is not
+    "pool_to_one_pixel": ("pool", lambda device: compare_pool(device, shape=(4, 16, 2, 2))),
     "sum_pool_channels_last": ("pool", compare_sum_pool),
     "sum_pool_contiguous": ("pool", lambda device: compare_sum_pool(device, channels_last=False)),
     "sum_pool_bf16": ("pool", lambda device: compare_sum_pool(device, dtype=torch.bfloat16)),

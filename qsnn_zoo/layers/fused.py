@@ -367,65 +367,71 @@ if triton is not None:
     # ------------------------------------------------------------------------ 2x2 depthwise pooling conv
 
     @triton.jit
-    def _pool_element(WIDE: tl.constexpr, BLOCK: tl.constexpr):
-        """This program's flat output indices: int64 only where the input reaches 2**31 elements, since
-        each index is split into (image, channel, row, column) by division, and a GPU divides int64
-        several times slower than int32."""
+    def _pool_block(total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr,
+                    PIX: tl.constexpr, CB: tl.constexpr):
+        """This program's output elements: their flat offsets in memory order, the input offset of each
+        one's top-left tap, its channel, and the mask.
+
+        channels_last: a block of PIX output pixels by CB channels. Adjacent channels are adjacent in
+        memory, so each tap's loads and stores are contiguous runs that the compiler vectorizes, and
+        each pixel is split into (image, row, column) once for its CB channels: as one flat run of
+        elements, split one by one, the kernels moved a third of what the copy bandwidth allows (VGG16
+        and AlexNet CBP steps, benchmarks/README.md). Contiguous: PIX * CB consecutive elements.
+        Indices are int64 only where the input reaches 2**31 elements: a GPU divides int64 several
+        times slower than int32."""
         pid = tl.program_id(0)
         if WIDE:
             pid = pid.to(tl.int64)
-        return pid * BLOCK + tl.arange(0, BLOCK)
-
-    @triton.jit
-    def _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr):
-        """Input offset of the top-left tap and the channel of each output element (flat, in memory order)."""
         if CHANNELS_LAST:
-            c = offs % C
-            rest = offs // C
-            j = rest % Wo
-            rest = rest // Wo
-            i = rest % Ho
-            n = rest // Ho
+            pix = (pid * PIX + tl.arange(0, PIX))[:, None]
+            c = (tl.program_id(1) * CB + tl.arange(0, CB))[None, :]
+            j = pix % Wo
+            rest = pix // Wo
+            offs = pix * C + c
+            mask = (pix < total // C) & (c < C)
         else:
+            offs = pid * (PIX * CB) + tl.arange(0, PIX * CB)
             j = offs % Wo
             rest = offs // Wo
-            i = rest % Ho
-            rest = rest // Ho
+            mask = offs < total
+        i = rest % Ho
+        rest = rest // Ho
+        if not CHANNELS_LAST:
             c = rest % C
-            n = rest // C
-        return n * sn + c * sc + (2 * i) * sh + (2 * j) * sw, c
+            rest = rest // C
+        return offs, rest * sn + c * sc + (2 * i) * sh + (2 * j) * sw, c, mask
 
     @triton.jit
     def _pool_forward_kernel(x_ptr, w_ptr, y_ptr, total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST: tl.constexpr,
-                             GATE: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = _pool_element(WIDE, BLOCK)
-        mask = offs < total
-        base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
-        w = w_ptr + 4 * c
-        y = tl.load(x_ptr + base, mask=mask, other=0.0).to(tl.float32) * tl.load(w, mask=mask, other=0.0)
-        y = y + tl.load(x_ptr + base + sw, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 1, mask=mask, other=0.0)
-        y = y + tl.load(x_ptr + base + sh, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 2, mask=mask, other=0.0)
-        y = y + tl.load(x_ptr + base + sh + sw, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 3, mask=mask,
-                                                                                                 other=0.0)
+                             GATE: tl.constexpr, WIDE: tl.constexpr, PIX: tl.constexpr, CB: tl.constexpr):
+        offs, base, c, mask = _pool_block(total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST, WIDE, PIX, CB)
+        w = w_ptr + c  # the taps' weights, [4, C]: one row per tap
+        wmask = c < C
+        y = tl.load(x_ptr + base, mask=mask, other=0.0).to(tl.float32) * tl.load(w, mask=wmask, other=0.0)
+        y = y + tl.load(x_ptr + base + sw, mask=mask, other=0.0).to(tl.float32) * tl.load(w + C, mask=wmask, other=0.0)
+        y = y + tl.load(x_ptr + base + sh, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 2 * C, mask=wmask,
+                                                                                          other=0.0)
+        y = y + tl.load(x_ptr + base + sh + sw, mask=mask, other=0.0).to(tl.float32) * tl.load(w + 3 * C, mask=wmask,
+                                                                                               other=0.0)
         if GATE:
             y = tl.maximum(y, 0.0)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _pool_backward_kernel(gy_ptr, y_ptr, w_ptr, gx_ptr, total, C, Ho, Wo, sn, sc, sh, sw,
-                              CHANNELS_LAST: tl.constexpr, GATE: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = _pool_element(WIDE, BLOCK)
-        mask = offs < total
-        base, c = _pool_offsets(offs, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST)
-        w = w_ptr + 4 * c
+                              CHANNELS_LAST: tl.constexpr, GATE: tl.constexpr, WIDE: tl.constexpr, PIX: tl.constexpr,
+                              CB: tl.constexpr):
+        offs, base, c, mask = _pool_block(total, C, Ho, Wo, sn, sc, sh, sw, CHANNELS_LAST, WIDE, PIX, CB)
+        w = w_ptr + c
+        wmask = c < C
         g = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if GATE:  # ReLU's derivative on the pooled current: 0 where it is not positive
             g = tl.where(tl.load(y_ptr + offs, mask=mask, other=0.0) > 0, g, 0.0)
         dtype = gx_ptr.dtype.element_ty
-        tl.store(gx_ptr + base, (g * tl.load(w, mask=mask, other=0.0)).to(dtype), mask=mask)
-        tl.store(gx_ptr + base + sw, (g * tl.load(w + 1, mask=mask, other=0.0)).to(dtype), mask=mask)
-        tl.store(gx_ptr + base + sh, (g * tl.load(w + 2, mask=mask, other=0.0)).to(dtype), mask=mask)
-        tl.store(gx_ptr + base + sh + sw, (g * tl.load(w + 3, mask=mask, other=0.0)).to(dtype), mask=mask)
+        tl.store(gx_ptr + base, (g * tl.load(w, mask=wmask, other=0.0)).to(dtype), mask=mask)
+        tl.store(gx_ptr + base + sw, (g * tl.load(w + C, mask=wmask, other=0.0)).to(dtype), mask=mask)
+        tl.store(gx_ptr + base + sh, (g * tl.load(w + 2 * C, mask=wmask, other=0.0)).to(dtype), mask=mask)
+        tl.store(gx_ptr + base + sh + sw, (g * tl.load(w + 3 * C, mask=wmask, other=0.0)).to(dtype), mask=mask)
 
     # ------------------------------------------------------------------------ quantizer Q(W)
 
@@ -580,16 +586,25 @@ class _TSSLFunction(torch.autograd.Function):
         return grad_current, None, None, None, None
 
 
-# Tensors of this many elements or more index in int64 in the pooling kernels (_pool_element).
+# Tensors of this many elements or more index in int64 in the pooling kernels (_pool_block).
 INT32_ELEMENTS = 2**31
+POOL_CHANNEL_BLOCK = 64  # channels per block in channels_last: 128 contiguous bytes a row in bf16
 
 
-def _pool_geometry(x: torch.Tensor, out: torch.Tensor):
-    """Kernel arguments: output size and the input's element strides, then the output's memory order
-    and whether indices need int64 (``x`` is the larger of the two)."""
+def _pool_launch(x: torch.Tensor, out: torch.Tensor):
+    """Grid and kernel arguments: the output's size and the input's element strides, then its memory
+    order, whether indices need int64 (``x`` is the larger of the two) and the block shape."""
     channels_last = not out.is_contiguous()
-    wide = x.numel() >= INT32_ELEMENTS
-    return (out.numel(), out.shape[1], out.shape[2], out.shape[3], *x.stride()), channels_last, wide
+    C = out.shape[1]
+    if channels_last:
+        cb = min(triton.next_power_of_2(C), POOL_CHANNEL_BLOCK)
+        pix = BLOCK // cb
+        grid = (triton.cdiv(out.numel() // C, pix), triton.cdiv(C, cb))
+    else:
+        cb, pix, grid = 1, BLOCK, _grid(out.numel())
+    args = (out.numel(), C, out.shape[2], out.shape[3], *x.stride())
+    flags = {"CHANNELS_LAST": channels_last, "WIDE": x.numel() >= INT32_ELEMENTS, "PIX": pix, "CB": cb}
+    return grid, args, flags
 
 
 class _AvgPoolConvFunction(torch.autograd.Function):
@@ -597,10 +612,9 @@ class _AvgPoolConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, gate):
         B, C, H, W = x.shape
         out = torch.empty((B, C, H // 2, W // 2), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        w = weight.detach().to(torch.float32).reshape(C, 4).contiguous()
-        geometry, channels_last, wide = _pool_geometry(x, out)
-        _pool_forward_kernel[_grid(out.numel())](x, w, out, *geometry, CHANNELS_LAST=channels_last, GATE=gate,
-                                                 WIDE=wide, BLOCK=BLOCK, **_LAUNCH)
+        w = weight.detach().to(torch.float32).reshape(C, 4).t().contiguous()  # [4, C]: a tap's row is contiguous
+        grid, args, flags = _pool_launch(x, out)
+        _pool_forward_kernel[grid](x, w, out, *args, GATE=gate, **flags, **_LAUNCH)
         # The gate needs the pooled current in the backward: a quarter of the input's size.
         ctx.save_for_backward(w, out if gate else w)
         ctx.gate = gate
@@ -613,9 +627,8 @@ class _AvgPoolConvFunction(torch.autograd.Function):
         shape, dtype, memory_format = ctx.input_meta
         grad_out = grad_out.contiguous(memory_format=memory_format)
         grad_x = torch.empty(shape, dtype=dtype, device=grad_out.device, memory_format=memory_format)
-        geometry, channels_last, wide = _pool_geometry(grad_x, grad_out)
-        _pool_backward_kernel[_grid(grad_out.numel())](grad_out, out, w, grad_x, *geometry, CHANNELS_LAST=channels_last,
-                                                       GATE=ctx.gate, WIDE=wide, BLOCK=BLOCK, **_LAUNCH)
+        grid, args, flags = _pool_launch(grad_x, grad_out)
+        _pool_backward_kernel[grid](grad_out, out, w, grad_x, *args, GATE=ctx.gate, **flags, **_LAUNCH)
         return grad_x, None, None
 
 
