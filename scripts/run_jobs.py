@@ -11,8 +11,9 @@ job a GPU; without it, jobs share the machine's GPU (start CUDA MPS first to let
 side by side rather than time-slice).
 
 Every job's output goes to ``OUT/logs/NAME.log``; ``OUT/jobs.json`` says, at every change, which
-jobs run, when each started and ended and with which exit code. The runner stops nothing from
-outside: jobs bound their own time (``--time-budget``) and stop at an epoch boundary, resumably.
+jobs run, under which process id, when each started and ended and with which exit code. The runner
+stops nothing from outside: jobs bound their own time (``--time-budget``) and stop at an epoch
+boundary, resumably.
 
     python scripts/run_jobs.py scripts/plans/vgg16_cifar10_parent_and_grid.json --out /tmp/wd --set data=/tmp/cifar10
 """
@@ -75,7 +76,9 @@ class Runner:
         log = open(self.out / "logs" / f"{name}.log", "w")
         self.running[name] = subprocess.Popen(self.jobs[name]["argv"], stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        self.status[name] = {"state": "running", "started": time.time(), "gpu": gpu, "argv": self.jobs[name]["argv"]}
+        # The pid lets one job be stopped alone (kill PID), never by a pattern that also matches the caller.
+        self.status[name] = {"state": "running", "started": time.time(), "gpu": gpu, "pid": self.running[name].pid,
+                             "argv": self.jobs[name]["argv"]}
 
     def _reap(self) -> None:
         for name, proc in list(self.running.items()):

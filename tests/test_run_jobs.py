@@ -32,6 +32,7 @@ def test_jobs_run_in_order_skip_after_failure_and_log(tmp_path):
     assert run_jobs.main([str(plan), "--out", str(out), "--set", "word=hello"]) == 1
     status = json.loads((out / "jobs.json").read_text())
     assert status["first"]["returncode"] == 0 and status["second"]["returncode"] == 0
+    assert len({status[name]["pid"] for name in ("first", "fails", "second", "cleanup")}) == 4
     assert status["fails"]["returncode"] == 3 and status["after_failure"]["state"] == "skipped"
     assert status["second"]["started"] >= status["first"]["ended"]
     assert "['hello']" in (out / "logs" / "first.log").read_text()
