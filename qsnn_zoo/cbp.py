@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .cbp_kernel import constraint_penalty
+from .cbp_kernel import constraint_penalty, sgd_weight_step, sgd_weight_step_usable
 from .layers.quant import QUANT_MODES, quantized_modules
 
 LAGSUM_START = 1e10  # the code's "lagsum_max": any first epoch counts as a decrease
@@ -144,17 +144,35 @@ class CBP:
     def u(self) -> float:
         return window(self.g)
 
-    def penalty(self) -> torch.Tensor:
-        """sum over quantized layers of lambda * C_g(W), lambda held constant (docs/method.md §B.4)."""
+    def penalty(self, differentiable: bool = True) -> torch.Tensor:
+        """sum over quantized layers of lambda * C_g(W), lambda held constant (docs/method.md §B.4).
+
+        With ``differentiable=False`` only its value, for a step whose :meth:`weight_step` adds its
+        gradient itself."""
         total = None
-        for name, m in self.layers:
-            lam = self.multipliers[name].detach()
-            # On the GPU one fused kernel pass each way replaces ~25 elementwise passes over the weights.
-            term = constraint_penalty(m.weight, lam, m.scale, m.quant, self.u)
-            if term is None:
-                term = (lam * constraint(m.weight, m.scale, m.quant, self.g)).sum()
-            total = term if total is None else total + term
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            for name, m in self.layers:
+                lam = self.multipliers[name].detach()
+                # On the GPU one fused kernel pass each way replaces ~25 elementwise passes over the weights.
+                term = constraint_penalty(m.weight, lam, m.scale, m.quant, self.u)
+                if term is None:
+                    term = (lam * constraint(m.weight, m.scale, m.quant, self.g)).sum()
+                total = term if total is None else total + term
         return total
+
+    def weight_step_usable(self, optimizer: torch.optim.Optimizer, grad_clip: str) -> bool:
+        """Whether :meth:`weight_step` can update the quantized weights (SGD with clipping by value,
+        on the GPU); decide before the forward, since the penalty then needs no autograd."""
+        weights = [m.weight for _, m in self.layers]
+        return sgd_weight_step_usable(weights, [self.multipliers[n] for n, _ in self.layers], optimizer, grad_clip)
+
+    def weight_step(self, optimizer: torch.optim.Optimizer, clip: float) -> None:
+        """After the backward of a loss without the penalty's gradient: every quantized weight's whole
+        update in one kernel pass (the penalty's gradient added, clipped by value to +-``clip``, the
+        SGD step of ``optimizer``'s group, the clamp of :meth:`clamp_`); their gradients are then None,
+        so the clip and ``optimizer.step()`` that follow update the other parameters only."""
+        layers = [(m.weight, self.multipliers[n], m.scale, m.quant) for n, m in self.layers]
+        sgd_weight_step(layers, optimizer, self.u, clip, self.weight_clamp)
 
     @torch.no_grad()
     def lambda_update(self) -> None:

@@ -10,6 +10,7 @@ pooling kernels, the fused CBP penalty and the one-pass quantizer against their 
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Callable, Dict, Optional, Tuple, Union
@@ -366,6 +367,64 @@ def compare_quantizer(device="cpu", channels_last: bool = False) -> dict:
     return {"outputs_equal": equal, "layout_kept": layout_kept, "used_kernel": True}
 
 
+def _weight_step_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
+    """``steps`` CBP training steps of ``model`` (SGD with weight decay and momentum, clipping by value
+    tight enough to bite, nonzero multipliers, g = 3): its weights, momentum buffers and objectives."""
+    from .train.loop import StepRule, train_step  # the training package is not needed elsewhere here
+
+    groups = [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": 1e-3},
+              {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(groups, lr=0.5, momentum=0.9)
+    method = cbp.CBP(model, optimizer, lambda_lr=1e-3)
+    method.g = 3
+    gen = torch.Generator().manual_seed(8)
+    for (name, layer), lam in zip(method.layers, method.multipliers.values()):
+        lam.data.copy_(torch.rand(lam.shape, generator=gen) * 0.05)
+        lam.data[layer.weight.abs() > 0.99] = 0  # the loss alone moves these, some of them past the clamp
+    rule = StepRule(loss="ce", grad_clip="value", grad_clip_max=0.02)
+    objectives = [float(train_step(model, model, x, y, optimizer, rule, method)[0]) for _ in range(steps)]
+    return {
+        "used_kernel": method.weight_step_usable(optimizer, rule.grad_clip),
+        "weights": [p.detach().clone() for p in model.parameters()],
+        "buffers": [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()],
+        "objectives": objectives,
+    }
+
+
+def compare_weight_step(device="cpu", steps: int = 3) -> dict:
+    """:meth:`cbp.CBP.weight_step` (one kernel pass per quantized weight) against the eager passes it
+    replaces, over ``steps`` training steps of a small model with a channels_last binary conv, a
+    ternary linear layer and a full-precision one, some latent weights at the clamp: the weights,
+    momentum buffers and objectives of both, within rounding."""
+    gen = torch.Generator().manual_seed(7)
+    with torch.random.fork_rng(devices=[]):  # the layers' own initialisation, reproducibly
+        torch.manual_seed(7)
+        model = torch.nn.Sequential(quant.QuantConv2d(4, 8, 3, padding=1, quant="bin"), torch.nn.Flatten(),
+                                    quant.QuantLinear(8 * 6 * 6, 16, quant="ter"), torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.3)
+            layer.weight.view(-1)[:12] = torch.tensor([0.999, -0.999]).repeat(6)  # steps push some past +-1
+            layer.init_scale_()
+    model = model.to(device, memory_format=torch.channels_last)
+    x = torch.randn(6, 4, 6, 6, generator=gen).to(device, memory_format=torch.channels_last)
+    y = torch.randint(10, (6,), generator=gen).to(device)
+    reference_model = copy.deepcopy(model)
+    fast = _weight_step_run(model, x, y, steps)
+    if not fast["used_kernel"]:
+        return {"used_kernel": False}
+    with fused.pieces_disabled("weight_step"):
+        reference = _weight_step_run(reference_model, x, y, steps)
+    return {
+        "weights_rel_error": max(relative_error(a, b) for a, b in zip(fast["weights"], reference["weights"])),
+        "buffers_rel_error": max(relative_error(a, b) for a, b in zip(fast["buffers"], reference["buffers"])),
+        "objectives_rel_error": max(abs(a - b) / abs(b) for a, b in zip(fast["objectives"], reference["objectives"])),
+        "clamped_weights": int(sum((w.abs() == 1).sum() for w in reference["weights"][:3:2])),
+        "reference_used_kernel": reference["used_kernel"],
+        "used_kernel": True,
+    }
+
+
 # The fused sum pool's largest error against AlexNet's sum_pool, in units of the dtype's eps. The
 # kernel rounds four products and three sums in fp32, the reference three sums and a product; on
 # non-negative PSPs (no cancellation) each rounding adds at most half an eps: 3.5 eps in fp32. In bf16
@@ -401,6 +460,7 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "penalty_channels_last": ("penalty", lambda device: compare_penalty(device, channels_last=True)),
     "quantize": ("quantize", compare_quantizer),
     "quantize_channels_last": ("quantize", lambda device: compare_quantizer(device, channels_last=True)),
+    "weight_step": ("weight_step", compare_weight_step),
 }
 
 
@@ -440,6 +500,10 @@ def layer_check_ok(name: str, r: dict) -> bool:
         return not r["used_kernel"] or (r["grads_equal"] and r["value_rel_error"] < 1e-5 and r["layout_kept"])
     if name.startswith("quantize"):
         return not r["used_kernel"] or (r["outputs_equal"] and r["layout_kept"])
+    if name == "weight_step":
+        return not r["used_kernel"] or (r["weights_rel_error"] < 1e-5 and r["buffers_rel_error"] < 1e-5
+                                        and r["objectives_rel_error"] < 1e-5 and r["clamped_weights"] > 0
+                                        and not r["reference_used_kernel"])
     raise KeyError(f"unknown layer check {name!r}")
 
 

@@ -50,7 +50,7 @@ LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input",
                 "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "pool_channel_blocks",
                 "pool_to_one_pixel", "sum_pool_channels_last",
                 "sum_pool_contiguous", "sum_pool_bf16", "penalty", "penalty_channels_last", "quantize",
-                "quantize_channels_last")
+                "quantize_channels_last", "weight_step")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)

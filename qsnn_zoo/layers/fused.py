@@ -40,7 +40,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LAUNCH = {"enable_fp_fusion": False}
 
 
-PIECES = ("if_layer", "pool", "penalty", "quantize")
+PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step")
 _disabled: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
 
 

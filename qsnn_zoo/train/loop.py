@@ -107,18 +107,25 @@ def train_step(
     cbp: Optional[CBP] = None,
 ):
     """Forward, loss (+ lambda * C), backward, clip, step, clamp. Returns device tensors
-    ``(lagrangian, loss, correct)`` without synchronising."""
+    ``(lagrangian, loss, correct)`` without synchronising.
+
+    Under SGD with clipping by value on the GPU, CBP's quantized weights take the clip, step and
+    clamp in one pass with the penalty's gradient (:meth:`CBP.weight_step`), the other parameters
+    the eager passes."""
     model.zero_grad(set_to_none=True)
+    fused_weights = cbp is not None and cbp.weight_step_usable(optimizer, rule.grad_clip)
     with autocast(images.device, rule.amp):
         output = forward(images)
         loss, scores = compute_loss(rule.loss, model, output, labels)
     objective = loss * rule.loss_scale
     if cbp is not None:
-        objective = objective + cbp.penalty()
+        objective = objective + cbp.penalty(differentiable=not fused_weights)
     objective.backward()
+    if fused_weights:
+        cbp.weight_step(optimizer, rule.grad_clip_max)
     _clip(model, rule)
     optimizer.step()
-    if cbp is not None:
+    if cbp is not None and not fused_weights:
         cbp.clamp_()
     elif rule.weight_clamp is not None:
         _clamp_weights(model, rule.weight_clamp)
