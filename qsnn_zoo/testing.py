@@ -180,10 +180,11 @@ def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels
     }
 
 
-def dropout_statistics(device="cpu", p: float = 0.25, T: int = 6, step_shape=(8, 16, 9, 9)) -> dict:
+def dropout_statistics(device="cpu", p: float = 0.25, T: int = 20, step_shape=(8, 16, 9, 9)) -> dict:
     """The fused layer's dropout: keep rate and scale, independence across steps and calls, and the
     backward using the forward's mask (recovered from a run that fires everywhere with the same seed).
-    T = 6: the kernels draw four steps' masks at a time, so a full group and a partial one."""
+    The kernels draw 16 steps' masks at a time where 256 p is whole (p = 0.25), else four: T = 20
+    with p = 0.25, or T = 6 with another p, gives a full group and a partial one."""
     gen = torch.Generator().manual_seed(3)
     th = torch.tensor(0.8, device=device)
     always = torch.full((T, *step_shape), 2.0, device=device)  # u >= threshold at every step: all fire
@@ -440,11 +441,12 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "if_layer_constant_input_channels_last": (
         "if_layer", lambda device: compare_if_layer(device, channels_last=True, constant_input=True)),
     "if_layer_constant_input_dropout": (
-        "if_layer", lambda device: compare_if_layer(device, T=6, constant_input=True, dropout=0.25)),
+        "if_layer", lambda device: compare_if_layer(device, T=20, constant_input=True, dropout=0.25)),
     "if_layer_constant_input_dropout_channels_last": (
         "if_layer",
         lambda device: compare_if_layer(device, T=6, channels_last=True, constant_input=True, dropout=0.25)),
     "dropout": ("if_layer", dropout_statistics),
+    "dropout_uniform": ("if_layer", lambda device: dropout_statistics(device, p=0.3, T=6)),
     "pool_channels_last": ("pool", compare_pool),
     "pool_contiguous": ("pool", lambda device: compare_pool(device, channels_last=False)),
     "pool_gated": ("pool", lambda device: compare_pool(device, gate=True)),
@@ -474,7 +476,7 @@ def layer_check_ok(name: str, r: dict) -> bool:
     if name.startswith("if_layer"):
         return (r["outputs_equal"] and r["inference_equal"] and 0.05 < r["active_fraction"] < 0.95
                 and r["grad_rel_error"] < 1e-5 and (r["grad_layout_kept"] or not r["used_kernel"]))
-    if name == "dropout":
+    if name.startswith("dropout"):
         q = r["expected_keep"]
         return (all(abs(k - q) < 0.02 for k in r["keep_rate_per_step"])
                 and abs(r["joint_keep_rate_consecutive_steps"] - q * q) < 0.02

@@ -47,6 +47,7 @@ def test_kernel_matches_reference(interpreted, case):
 
 LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input", "if_layer_constant_input_channels_last",
                 "if_layer_constant_input_dropout", "if_layer_constant_input_dropout_channels_last", "dropout",
+                "dropout_uniform",
                 "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "pool_channel_blocks",
                 "pool_to_one_pixel", "sum_pool_channels_last",
                 "sum_pool_contiguous", "sum_pool_bf16", "penalty", "penalty_channels_last", "quantize",

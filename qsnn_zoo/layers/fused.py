@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import FrozenSet, Iterator, Optional, Tuple
+from typing import FrozenSet, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -139,25 +139,57 @@ if triton is not None:
 
     # ------------------------------------------------------------------------ IF, soft reset
 
-    # Dropout masks: one Philox evaluation (tl.rand4x) gives four uniforms, used for four consecutive
-    # steps of an element: steps 4g..4g+3 share the counter g * N + element. One evaluation per step
-    # (tl.rand) is about 60 integer operations per element and step: by that count ~4 ms of integer
-    # work in a VGG16 training step's forward on an H200, whose forward IF kernels took 4.3 ms in all
-    # (benchmarks/README.md), so the generator rather than memory bounded them.
+    # Dropout masks, a function of (seed, step, element) that the backward regenerates. One Philox
+    # evaluation costs about 60 integer operations per element; one per step was by that count ~4 ms
+    # of integer work in a VGG16 training step's forward on an H200, whose forward IF kernels took
+    # 4.3 ms in all (benchmarks/README.md), so the generator rather than memory bounded them. So an
+    # evaluation serves several consecutive steps of an element: for a drop probability that is a
+    # whole number of 256ths (the recipes' 0.25) tl.randint4x's 16 bytes serve 16 steps, keep = byte
+    # >= 256 p, exactly probability 1 - p; for any other p tl.rand4x's four uniforms serve four,
+    # keep = uniform >= p. Steps g*G .. g*G+G-1 share the counter g * N + element.
 
     @triton.jit
-    def _step_uniform(t, fresh, seed, N, offs, r0, r1, r2, r3):
-        """Each element's uniform for step ``t``, one of the four of its group of steps; with ``fresh``
-        the group's four are drawn first. Returns it and the four, for the group's other steps."""
-        if fresh:
-            r0, r1, r2, r3 = tl.rand4x(seed, (t // 4) * N + offs)
-        lane = t % 4
-        return tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3))), r0, r1, r2, r3
+    def _no_draws(BYTES: tl.constexpr, BLOCK: tl.constexpr):
+        """The draws' registers before the loop enters its first group."""
+        if BYTES:
+            r0 = tl.zeros([BLOCK], dtype=tl.uint32)  # tl.randint4x's type, for 32-bit counters
+        else:
+            r0 = tl.zeros([BLOCK], dtype=tl.float32)
+        return r0, r0, r0, r0
+
+    @triton.jit
+    def _step_keep(t, first, seed, N, offs, p_drop, r0, r1, r2, r3, BYTES: tl.constexpr, BACKWARD: tl.constexpr):
+        """Whether each element is kept at step ``t``, and its group's draws for the group's other
+        steps. A group is drawn where the loop enters it: at its first step going forward, at its last
+        step (or the loop's first, ``first``) going backward. ``p_drop`` is 256 p with ``BYTES``."""
+        if BYTES:
+            lane = t % 16
+        else:
+            lane = t % 4
+        if BACKWARD:
+            if BYTES:
+                entered = first | (lane == 15)
+            else:
+                entered = first | (lane == 3)
+        else:
+            entered = lane == 0
+        if entered:
+            if BYTES:
+                r0, r1, r2, r3 = tl.randint4x(seed, (t // 16) * N + offs)
+            else:
+                r0, r1, r2, r3 = tl.rand4x(seed, (t // 4) * N + offs)
+        if BYTES:
+            word = tl.where(lane < 4, r0, tl.where(lane < 8, r1, tl.where(lane < 12, r2, r3)))
+            draw = ((word >> ((lane % 4) * 8).to(tl.uint32)) & 255).to(tl.int32)
+        else:
+            draw = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+        return draw >= p_drop, r0, r1, r2, r3
 
     @triton.jit
     def _if_forward_kernel(cur_ptr, spk_ptr, pot_ptr, init_ptr, vth_ptr, bias_ptr, vout_ptr, b1_ptr, b2_ptr, N, T,
                            stride_t, C, ch_stride, seed_ptr, p_drop, drop_scale, HAS_INIT: tl.constexpr,
-                           NUM_BIAS: tl.constexpr, DROPOUT: tl.constexpr, SAVE: tl.constexpr, BLOCK: tl.constexpr):
+                           NUM_BIAS: tl.constexpr, DROPOUT: tl.constexpr, BYTES: tl.constexpr, SAVE: tl.constexpr,
+                           BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         vth = tl.load(vth_ptr)
@@ -175,8 +207,7 @@ if triton is not None:
         if DROPOUT:
             v_drop = v_out.to(tl.float32) * drop_scale
             seed = tl.load(seed_ptr)
-            r0 = tl.zeros([BLOCK], dtype=tl.float32)
-            r1, r2, r3 = r0, r0, r0
+            r0, r1, r2, r3 = _no_draws(BYTES, BLOCK)
         cur = cur_ptr + offs
         spk = spk_ptr + offs
         pot = pot_ptr + offs
@@ -191,9 +222,7 @@ if triton is not None:
             if SAVE:
                 tl.store(pot, u, mask=mask)
             if DROPOUT:
-                # Counter-based mask: a function of (seed, step, element), regenerated by the backward.
-                r, r0, r1, r2, r3 = _step_uniform(t, t % 4 == 0, seed, N, offs, r0, r1, r2, r3)
-                keep = r >= p_drop
+                keep, r0, r1, r2, r3 = _step_keep(t, t == 0, seed, N, offs, p_drop, r0, r1, r2, r3, BYTES, False)
                 tl.store(spk, tl.where(fire & keep, v_drop, 0.0).to(spk_ptr.dtype.element_ty), mask=mask)
             else:
                 tl.store(spk, tl.where(fire, v_out, 0.0), mask=mask)
@@ -204,15 +233,14 @@ if triton is not None:
 
     @triton.jit
     def _if_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, gsum_ptr, vth_ptr, N, T, last, alpha, seed_ptr, p_drop,
-                            drop_scale, DROPOUT: tl.constexpr, SUM_T: tl.constexpr, STORE_STEPS: tl.constexpr,
-                            BLOCK: tl.constexpr):
+                            drop_scale, DROPOUT: tl.constexpr, BYTES: tl.constexpr, SUM_T: tl.constexpr,
+                            STORE_STEPS: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         vth = tl.load(vth_ptr)
         if DROPOUT:
             seed = tl.load(seed_ptr)
-            r0 = tl.zeros([BLOCK], dtype=tl.float32)
-            r1, r2, r3 = r0, r0, r0
+            r0, r1, r2, r3 = _no_draws(BYTES, BLOCK)
         half_pi_alpha = 1.5707963267948966 * alpha
         gspk = gspk_ptr + last + offs
         pot = pot_ptr + last + offs
@@ -222,10 +250,10 @@ if triton is not None:
         for step in range(T):
             u = tl.load(pot, mask=mask, other=0.0)
             gs = tl.load(gspk, mask=mask, other=0.0).to(tl.float32)
-            if DROPOUT:  # steps go backward: a group is entered at its last step, or where the loop starts
-                t = T - 1 - step
-                r, r0, r1, r2, r3 = _step_uniform(t, (step == 0) | (t % 4 == 3), seed, N, offs, r0, r1, r2, r3)
-                gs = tl.where(r >= p_drop, gs * drop_scale, 0.0)
+            if DROPOUT:
+                keep, r0, r1, r2, r3 = _step_keep(T - 1 - step, step == 0, seed, N, offs, p_drop, r0, r1, r2, r3,
+                                                  BYTES, True)
+                gs = tl.where(keep, gs * drop_scale, 0.0)
             x = u - vth
             ds = vth * (alpha / 2) / (1 + (half_pi_alpha * x) * (half_pi_alpha * x))
             # u' = u - s(u): dL/du = dL/du' (1 - ds) + dL/ds * ds
@@ -456,6 +484,14 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _drop_threshold(dropout: float) -> Tuple[Union[int, float], bool]:
+    """The kernels' drop threshold and whether masks come from bytes: 256 p where that is whole."""
+    in_bytes = dropout * 256
+    if 0 < dropout < 1 and in_bytes.is_integer():
+        return int(in_bytes), True
+    return dropout, False
+
+
 class _IFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, threshold, shift_per_step, initial_potential, alpha, bias, calib_bias, dropout, seed,
@@ -479,10 +515,11 @@ class _IFFunction(torch.autograd.Function):
         drop_scale = 1 / (1 - dropout)
         if seed is None:  # no dropout: the kernels never read the seed
             seed = v_th
+        p_drop, as_bytes = _drop_threshold(dropout)
         _if_forward_kernel[_grid(n)](current, spikes, potential, init, v_th, shift, v_th.to(current.dtype), b1, b2, n,
-                                     T, stride_t, channels, ch_stride, seed, dropout, drop_scale,
+                                     T, stride_t, channels, ch_stride, seed, p_drop, drop_scale,
                                      HAS_INIT=initial_potential is not None, NUM_BIAS=len(biases),
-                                     DROPOUT=dropout > 0, SAVE=save, BLOCK=BLOCK, **_LAUNCH)
+                                     DROPOUT=dropout > 0, BYTES=as_bytes, SAVE=save, BLOCK=BLOCK, **_LAUNCH)
         ctx.save_for_backward(potential, v_th, seed)
         ctx.constants = (float(alpha), float(dropout), drop_scale)
         ctx.current_dtype = current.dtype
@@ -506,8 +543,9 @@ class _IFFunction(torch.autograd.Function):
         grad_sum = torch.empty_like(potential[0]) if sum_t else potential
         # For a constant input, ``potential`` is only a placeholder: the kernel stores no step.
         grad_current = potential if constant else torch.empty_like(potential, dtype=ctx.current_dtype)
+        p_drop, as_bytes = _drop_threshold(dropout)
         _if_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, grad_sum, v_th, n, T, (T - 1) * n, alpha,
-                                      seed, dropout, drop_scale, DROPOUT=dropout > 0, SUM_T=sum_t,
+                                      seed, p_drop, drop_scale, DROPOUT=dropout > 0, BYTES=as_bytes, SUM_T=sum_t,
                                       STORE_STEPS=not constant, BLOCK=BLOCK, **_LAUNCH)
         grads = [None, None]
         if bias_grad:
