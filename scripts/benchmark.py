@@ -607,7 +607,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="seconds; once spent, the remaining variants and models are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--profile", action="store_true", help="kernel time table of the fast bf16 workloads")
+    parser.add_argument("--checks-only", action="store_true",
+                        help="only the fused kernels' checks against their references on the device, exit status 1 "
+                             "if one fails: a plan runs this before a long training job")
     args = parser.parse_args(argv)
+    if args.checks_only:
+        args.models = []
     if args.quick:
         args.T, args.train_batch, args.infer_batches = args.T or 2, args.train_batch or 2, [2]
         args.warmup, args.runs, args.ref_runs = 0, 1, 1

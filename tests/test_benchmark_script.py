@@ -21,6 +21,23 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     assert "## Issue #4 anchors, H100" in text and "| vgg16_cifar10_bin_calib train | 398.00 | 8.8x | 45.23 |" in text
 
 
+def test_checks_only_stops_a_plan_before_training_when_a_kernel_disagrees(tmp_path, monkeypatch):
+    """``--checks-only`` runs the device checks and no model: exit 0 when all pass, 1 when one fails,
+    so that a plan's training job that comes ``after`` it is skipped."""
+    benchmark = script("benchmark")
+    args = ["--device", "cpu", "--checks-only", "--out", str(tmp_path), "--stem", "checks"]
+    assert benchmark.main(args) == 0
+    report = json.loads((tmp_path / "checks.json").read_text())
+    assert report["models"] == [] and "weight_step" in report["layers"] and report["neurons"]
+    piece, check = benchmark.LAYER_CHECKS["quantize"]
+    monkeypatch.setitem(benchmark.LAYER_CHECKS, "quantize", (piece, lambda device: {**check(device), "used_kernel": True,
+                                                                                     "outputs_equal": False}))
+    try:
+        assert benchmark.main(args) == 1
+    finally:
+        benchmark.fused.set_piece_enabled(piece, True)  # the failed check switched the piece off
+
+
 def test_floor_counts_every_neuron_step_of_cnn7():
     """cnn7's fast path gives its first LIF layer one step and the number of steps: its T steps still count."""
     import torch
