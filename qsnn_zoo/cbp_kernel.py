@@ -110,7 +110,7 @@ class _PenaltyFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         weight, multiplier, s = ctx.saved_tensors
         ternary, u = ctx.constants
-        grad_w = torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype, device=weight.device)
+        grad_w = _like(weight)
         _penalty_backward_kernel[_grid(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
                                                         grad_w, weight.numel(), u, TERNARY=ternary, BLOCK=BLOCK,
                                                         **_LAUNCH)
@@ -134,6 +134,11 @@ def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: to
     if not usable:
         return None
     return _PenaltyFunction.apply(weight, multiplier, scale, mode == "ter", float(u))
+
+
+def _like(weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor with ``weight``'s shape, strides, dtype and device."""
+    return torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype, device=weight.device)
 
 
 def _same_layout(t: Optional[torch.Tensor], weight: torch.Tensor) -> bool:
@@ -178,9 +183,10 @@ def sgd_weight_step(layers: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         state: Dict = optimizer.state[weight]
         first = state.get("momentum_buffer") is None
         if first:
-            state["momentum_buffer"] = torch.empty_strided(weight.shape, weight.stride(), dtype=torch.float32,
-                                                           device=weight.device)
+            state["momentum_buffer"] = _like(weight)
         grad = weight.grad
+        if grad is not None and grad.stride() != weight.stride():  # the kernel walks both as one flat run
+            grad = _like(weight).copy_(grad)
         s = scale.detach().to(torch.float32).reshape(1)
         with torch.no_grad():
             _sgd_weight_step_kernel[_grid(weight.numel())](
