@@ -17,10 +17,11 @@ TRAINING_SCRIPTS = ("scripts/train_fp32.py", "scripts/quantize_cbp.py", "scripts
 
 
 def loaded(path: Path) -> dict:
-    """The plan with every ``{key}`` given: ``quant`` a weight kind, time budgets and epoch counts
-    numbers, the rest a path."""
+    """The plan with every ``{key}`` given: ``quant`` a weight kind, ``net`` and ``method`` a family's
+    (as in cnn7_cifar10_bin_stbp), time budgets and epoch counts numbers, the rest a path."""
     keys = set(re.findall(r"\{(\w+)\}", path.read_text())) - {"python"}
-    values = {key: "bin" if key == "quant" else "2" if key.endswith(("budget", "epochs")) else "/tmp/qsnn-plan-check"
+    examples = {"quant": "bin", "net": "cnn7_cifar10", "method": "stbp"}
+    values = {key: examples.get(key, "2" if key.endswith(("budget", "epochs")) else "/tmp/qsnn-plan-check")
               for key in keys}
     return script("run_jobs").load_plan(path, values)
 
