@@ -1,10 +1,12 @@
-"""TSSL-BP: the neuron's custom backward against values worked out by hand from docs/method.md §C.4, and the
-kernel loss of C.3. Constants: tau_m = 5, tau_s = 3, threshold 1, alpha 0.2, T = 3."""
+"""TSSL-BP: the neuron's custom backward against values worked out by hand from docs/method.md §C.4, the
+kernel loss of C.3 and the shared dropout of C.1. Constants: tau_m = 5, tau_s = 3, threshold 1, alpha 0.2, T = 3."""
 import math
 
+import pytest
 import torch
 
 from qsnn_zoo.layers.neurons import TSSLNeuron
+from qsnn_zoo.models.alexnet import SharedDropout
 from qsnn_zoo.train.losses import desired_spikes, tssl_kernel_loss
 
 # Two neurons. Neuron A gets currents 1.5, 0.5, 1.2:
@@ -63,3 +65,24 @@ def test_kernel_loss_target_and_sum():
     torch.testing.assert_close(tssl_kernel_loss(psp, torch.tensor([1, 2]), 3.0), (target**2).sum())
     psp[:, 0, 1] = target
     torch.testing.assert_close(tssl_kernel_loss(psp, torch.tensor([1, 2]), 3.0), 0.5 * (target**2).sum())
+
+
+@pytest.mark.parametrize("p, dtype", [(0.2, torch.bfloat16), (0.2, torch.float32), (0.3, torch.bfloat16)])
+def test_shared_dropout_masks_sample_channel_and_row_and_keeps_the_scale(p, dtype):
+    """docs/method.md §C.1: one mask value per (sample, channel, row), shared over columns and time,
+    kept values scaled by 1/(1-p); the scale rides on the mask where the dtype holds it exactly
+    (p = 0.2), otherwise the input is multiplied and divided as written, within one rounding alike."""
+    dropout = SharedDropout(p).train()
+    x = (torch.rand(3, 64, 8, 6, 5, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype).requires_grad_()
+    torch.manual_seed(1)
+    y = dropout(x)
+    torch.manual_seed(1)
+    keep = torch.empty(1, 64, 8, 6, 1, dtype=dtype).bernoulli_(1 - p)
+    expected = x.detach() * keep / (1 - p)
+    torch.testing.assert_close(y, expected, rtol=2 ** -7 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    dropped = y == 0
+    assert torch.equal(dropped, dropped[:1, :, :, :, :1].expand_as(dropped)), "one mask per sample, channel, row"
+    assert abs(float((~dropped).float().mean()) - (1 - p)) < 0.05
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, (keep / (1 - p)).expand_as(x).to(dtype), rtol=2 ** -7, atol=0)
+    assert torch.equal(dropout.eval()(x), x)

@@ -41,6 +41,11 @@ class SharedDropout(nn.Module):
             return x
         shape = (1, x.shape[1], x.shape[2], x.shape[3], 1) if x.dim() == 5 else (1, *x.shape[1:])
         keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        scale = 1 / (1 - self.p)
+        if float(torch.tensor(scale, dtype=x.dtype)) == scale:
+            # The small mask carries the scale, which x's dtype holds exactly (1.25 at the recipes'
+            # p = 0.2): one pass over x each way instead of a multiply and a divide.
+            return x * keep.mul_(scale)
         return x * keep / (1 - self.p)
 
 
