@@ -382,7 +382,9 @@ def _weight_step_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s
     for (name, layer), lam in zip(method.layers, method.multipliers.values()):
         lam.data.copy_(torch.rand(lam.shape, generator=gen) * 0.05)
         lam.data[layer.weight.abs() > 0.99] = 0  # the loss alone moves these, some of them past the clamp
-    rule = StepRule(loss="ce", grad_clip="value", grad_clip_max=0.02)
+    # A CBP step clamps the latent quantized weights only: the fp32 stages' clamp of every weight
+    # (here tight enough to bind on the full-precision layer) must be ignored on both paths.
+    rule = StepRule(loss="ce", grad_clip="value", grad_clip_max=0.02, weight_clamp=0.05)
     objectives = [float(train_step(model, model, x, y, optimizer, rule, method)[0]) for _ in range(steps)]
     return {
         "used_kernel": method.weight_step_usable(optimizer, rule.grad_clip),

@@ -125,8 +125,9 @@ def train_step(
         cbp.weight_step(optimizer, rule.grad_clip_max)
     _clip(model, rule)
     optimizer.step()
-    if cbp is not None and not fused_weights:
-        cbp.clamp_()
+    if cbp is not None:
+        if not fused_weights:  # the weight step has clamped them already
+            cbp.clamp_()
     elif rule.weight_clamp is not None:
         _clamp_weights(model, rule.weight_clamp)
     correct = (scores.argmax(1) == labels).sum()
