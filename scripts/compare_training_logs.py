@@ -13,7 +13,9 @@ cannot be read as a metrics.jsonl.
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import List
+
 
 def training_fields(record: dict) -> dict:
     return {k: v for k, v in record.items() if not (k == "seconds" or k.endswith("_seconds") or k.startswith("test_"))}
@@ -22,7 +24,7 @@ def training_fields(record: dict) -> dict:
 def read_log(path: str) -> List[dict]:
     """The training fields of each epoch in ``path``; ValueError naming the file and line otherwise."""
     try:
-        lines = open(path).read().splitlines()
+        lines = Path(path).read_text().splitlines()
     except OSError as err:
         raise ValueError(f"cannot read {path}: {err.strerror}; give the metrics.jsonl of a training stage")
     records = []
