@@ -3,6 +3,7 @@
 The CUDA-only parts (graph variants, the graph-vs-eager check, bf16) run on the GPU machine; here the
 report must still be complete for what a CPU measures, and hold the model to the right anchors."""
 import json
+from pathlib import Path
 
 from _train_helpers import script
 
@@ -107,3 +108,15 @@ def test_spikingjelly_neurons_replace_ours_with_the_same_dynamics():
         assert torch.equal(theirs(x), expected) and torch.equal(theirs(x), expected)  # no state kept between calls
     # the LIF neuron, as cnn7's fast path calls its first layer: one step and its number of steps
     assert torch.equal(theirs(x[0], steps=6), ours(x[0], steps=6))
+
+
+def test_stbp_trio_is_projected_with_its_children_side_by_side():
+    stages = script("benchmark_stages")
+    report = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "stages_h200_weight_step.json").read_text())
+    measured = report["stages"]
+    speedup = report["concurrency"]["aggregate_speedup"]
+    rows = [r for r in stages.targets(measured, speedup) if r["target"] == "stbp"]
+    parent, child = (measured[s]["projection"]["projected_s"] for s in ("stbp_fp32", "stbp_cbp"))
+    expected = [parent + 2 * child, parent + 2 * child / speedup]
+    assert all(abs(r["projected_min"] * 60 - e) < 1e-9 for r, e in zip(rows, expected)) and len(rows) == 2
+    assert "side by side" in rows[1]["what"] and len(stages.targets(measured)) == len(stages.targets(measured, speedup)) - 1
