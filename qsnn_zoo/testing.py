@@ -314,6 +314,47 @@ def compare_sum_pool(device="cpu", shape=(4, 6, 8, 10), channels_last: bool = Tr
     }
 
 
+def compare_shared_dropout(device="cpu", shape=(4, 80, 6, 8), dtype: torch.dtype = torch.float32) -> dict:
+    """AlexNet's dropout (``alexnet.SharedDropout``, p = 0.2) with ``fused`` (the mask multiplied on
+    :func:`fused.shared_mask_multiply` where it runs) against without, on the same mask: PSPs of
+    random spike trains, T = 5 steps, ``shape`` a conv layer's ``[B, C, H, W]`` (channels_last, folded
+    over time as the fast backend holds it; 80 channels make two column blocks, the second partial)
+    or an FC layer's ``[B, F]``. Outputs and input gradients bit for bit (in bf16 within one
+    rounding: Triton's interpreter truncates to bf16 where the GPU rounds to nearest), and layouts."""
+    from .models.alexnet import SharedDropout
+
+    gen = torch.Generator().manual_seed(11)
+    spikes = (torch.rand(5, *shape, generator=gen) < 0.3).float()
+    x = neurons.psp_filter(spikes, 3.0).to(device=device, dtype=dtype)
+    if len(shape) == 4:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (5, shape[0]))
+    dropout = SharedDropout(0.2).train()
+    leaves = [x.clone().requires_grad_() for _ in range(2)]
+    seen = []
+    leaves[0].register_hook(seen.append)
+    outs = []
+    for leaf, fused_path in zip(leaves, (True, False)):
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.manual_seed(5)
+            outs.append(dropout(leaf, fused=fused_path))
+    weights = torch.empty_like(x, dtype=torch.float32).copy_(torch.randn(x.shape, generator=gen))  # x's layout
+    for y in outs:
+        (y.float() * weights).sum().backward()
+    out, ref = (y.detach() for y in outs)
+    live = x != 0
+    return {
+        "outputs_equal": torch.equal(out, ref),
+        "output_rel_error": relative_error(out.float(), ref.float()),
+        "grads_equal": torch.equal(leaves[0].grad, leaves[1].grad),
+        "grad_rel_error": relative_error(leaves[0].grad.float(), leaves[1].grad.float()),
+        "dropped_fraction": float((ref[live] == 0).float().mean()),
+        "layout_kept": out.stride() == x.stride(),
+        "grad_layout_kept": seen[0].stride() == x.stride(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "used_kernel": fused.piece_enabled("shared_mask", x),
+    }
+
+
 CONV_WEIGHT_SHAPE = (40, 16, 3, 3)  # 5,760 weights: several kernel blocks and a partial last one
 WEIGHT_CHECK_SIZE = math.prod(CONV_WEIGHT_SHAPE)
 
@@ -465,6 +506,9 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "quantize": ("quantize", compare_quantizer),
     "quantize_channels_last": ("quantize", lambda device: compare_quantizer(device, channels_last=True)),
     "weight_step": ("weight_step", compare_weight_step),
+    "shared_dropout_conv": ("shared_mask", compare_shared_dropout),
+    "shared_dropout_fc": ("shared_mask", lambda device: compare_shared_dropout(device, shape=(6, 40))),
+    "shared_dropout_bf16": ("shared_mask", lambda device: compare_shared_dropout(device, dtype=torch.bfloat16)),
 }
 
 
@@ -508,6 +552,10 @@ def layer_check_ok(name: str, r: dict) -> bool:
         return not r["used_kernel"] or (r["weights_rel_error"] < 1e-5 and r["buffers_rel_error"] < 1e-5
                                         and r["objectives_rel_error"] < 1e-5 and r["clamped_weights"] > 0
                                         and not r["reference_used_kernel"])
+    if name.startswith("shared_dropout"):
+        same = (r["outputs_equal"] and r["grads_equal"]) if r["dtype"] == "float32" else (
+            r["output_rel_error"] < 2**-7 and r["grad_rel_error"] < 2**-7)
+        return same and r["layout_kept"] and r["grad_layout_kept"] and 0.1 < r["dropped_fraction"] < 0.3
     raise KeyError(f"unknown layer check {name!r}")
 
 

@@ -162,6 +162,14 @@ def test_alexnet_with_triton_kernels_through_interpreter(interpreted):
     assert reference["output_rel_error"] < 1e-3 and reference["max_grad_rel_error"] < 1e-3
 
 
+def test_alexnet_dropout_products_take_the_kernel_and_change_nothing(interpreted):
+    """In training, each of AlexNet's seven dropouts multiplies on the shared-mask kernel, and the
+    network's outputs and gradients equal those of PyTorch's product on the same masks."""
+    result = interpreted["alexnet_dropout"]
+    assert result["kernel_calls"] == result["dropouts"] == 7
+    assert result["active"] and result["outputs_equal"] and result["grads_equal"]
+
+
 def count_calls(module, names):
     """Wraps ``module.<name>`` for each name with a counter of the calls that took a kernel (a fused
     function returns None where none runs); returns the counts, and under ``"constant_input"`` those
@@ -202,6 +210,22 @@ def train_mode_run(model, x) -> dict:
     return {"grads_finite": bool(finite), "same_keys": keys["reference"] == keys["fast"], "dropout_keep_ratio": ratio}
 
 
+def dropout_paths(model, x) -> dict:
+    """The fast backend in training, the dropout's product on the kernel and with its piece off, on
+    the same masks: outputs and gradients bit for bit."""
+    runs = []
+    for off in ((), ("shared_mask",)):
+        model.set_backend("fast").train().zero_grad(set_to_none=True)
+        with fused.pieces_disabled(*off):
+            torch.manual_seed(9)
+            out = model.forward_steps(x)
+            out.sum().backward()
+        runs.append((out.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (out, grads), (ref, ref_grads) = runs
+    return {"outputs_equal": torch.equal(out, ref), "active": bool(ref.abs().sum() > 0),
+            "grads_equal": grads.keys() == ref_grads.keys() and all(torch.equal(grads[k], ref_grads[k]) for k in grads)}
+
+
 if __name__ == "__main__":
     torch.manual_seed(4)
     vgg = tiny_vgg(T=3).to(memory_format=torch.channels_last)
@@ -221,6 +245,10 @@ if __name__ == "__main__":
     with mock.patch.object(alexnet, "sum_pool", lambda x: sum_pool_in_kernel_order(x, alexnet.POOL_WEIGHT)):
         kernel_order = compare_exactly(tssl, images[:1])
     alexnet_result = {"kernel_order": kernel_order, "reference": compare_exactly(tssl, images[:1]),
-                      "used_kernel": fused.triton_enabled(images), "fused_calls": pool_calls,
+                      "used_kernel": fused.triton_enabled(images), "fused_calls": dict(pool_calls),
                       "pools": 2 * len(tssl.pool_after)}  # each pool once per fast forward, one in each comparison
-    print(json.dumps({"vgg": vgg_result, "cnn7": cnn7_result, "alexnet": alexnet_result}))
+    mask_calls = count_calls(fused, ("shared_mask_multiply",))
+    dropout_result = {**dropout_paths(tssl, images[:1]), "kernel_calls": mask_calls["shared_mask_multiply"],
+                      "dropouts": len(tssl.layer_names) - 1}
+    print(json.dumps({"vgg": vgg_result, "cnn7": cnn7_result, "alexnet": alexnet_result,
+                      "alexnet_dropout": dropout_result}))

@@ -51,7 +51,8 @@ LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input",
                 "pool_channels_last", "pool_contiguous", "pool_gated", "pool_int64_index", "pool_channel_blocks",
                 "pool_to_one_pixel", "sum_pool_channels_last",
                 "sum_pool_contiguous", "sum_pool_bf16", "penalty", "penalty_channels_last", "quantize",
-                "quantize_channels_last", "weight_step")
+                "quantize_channels_last", "weight_step", "shared_dropout_conv", "shared_dropout_fc",
+                "shared_dropout_bf16")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)
@@ -153,6 +154,24 @@ def weight_pieces_take() -> dict:
     }
 
 
+def shared_mask_takes() -> dict:
+    x = torch.rand(5, 4, 6, 3, 2)
+    keep = torch.ones(1, 4, 6, 3, 1)
+    cases = {"dense": (x, keep), "strided": (x[..., :1], keep), "other_dtype": (x, keep.double()),
+             "other_rank": (x, keep[0]), "trained_mask": (x, keep.clone().requires_grad_())}
+    takes = {name: fused.shared_mask_multiply(*args) is not None for name, args in cases.items()}
+    with fused.pieces_disabled("shared_mask"):
+        takes["piece_off"] = fused.shared_mask_multiply(x, keep) is not None
+    return takes
+
+
+def test_shared_mask_declines_what_its_kernel_cannot_take(interpreted):
+    """None, so that the dropout multiplies in PyTorch, for a tensor that does not fill its storage, a
+    mask of another dtype or rank or with a gradient, and the piece switched off."""
+    assert interpreted["shared_mask_takes"] == {"dense": True, "strided": False, "other_dtype": False,
+                                                "other_rank": False, "trained_mask": False, "piece_off": False}
+
+
 def test_kernels_never_import_the_neurons():
     """The neurons own the choice of backend; the kernels module stands alone (no import circle)."""
     import ast
@@ -173,4 +192,4 @@ if __name__ == "__main__":
     with fused.pieces_disabled("pool"):
         takes["piece_off"] = fused.sum_pool_2x2(inputs["even"], 1.1) is not None
     print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes,
-                      "weight_pieces_take": weight_pieces_take()}))
+                      "weight_pieces_take": weight_pieces_take(), "shared_mask_takes": shared_mask_takes()}))

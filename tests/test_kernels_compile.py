@@ -92,3 +92,13 @@ def test_pooling_kernels_move_channels_last_taps_in_128_bit_accesses(kernel, wid
     ptx = compile_for_hopper(kernel, constants, POOL_TYPES, (*pointers, *POOL_STRIDES))
     access = "ld" if kernel is fused._pool_forward_kernel else "st"
     assert re.search(rf"{access}\.global(\.\w+)*\.v4", ptx)
+
+
+def test_shared_mask_kernel_moves_rows_in_128_bit_accesses():
+    """A block's columns are one contiguous run of the innermost dim, so each thread loads and stores
+    16-byte vectors of bf16 PSPs (the mask, strided along the channels, is read element by element)."""
+    kernel = fused._shared_mask_kernel
+    sizes = {name: "i32" for name in ("R", "D", "D1", "D2", "D3", "S0", "S1", "S2", "S3", "SD")}
+    types = {"x_ptr": "*bf16", "m_ptr": "*bf16", "out_ptr": "*bf16", **sizes}
+    ptx = compile_for_hopper(kernel, dict(ROWS=16, COLS=64), types, ("x_ptr", "m_ptr", "out_ptr", "D"))
+    assert re.search(r"ld\.global(\.\w+)*\.v4", ptx) and re.search(r"st\.global(\.\w+)*\.v4", ptx)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import FrozenSet, Iterator, Optional, Tuple, Union
+from typing import FrozenSet, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -40,7 +40,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LAUNCH = {"enable_fp_fusion": False}
 
 
-PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step")
+PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step", "shared_mask")
 _disabled: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
 
 
@@ -392,6 +392,32 @@ if triton is not None:
             gcur -= N
 
 
+    # ------------------------------------------------------------------------ a mask shared over dims
+
+    @triton.jit
+    def _shared_mask_kernel(x_ptr, m_ptr, out_ptr, R, D, D1, D2, D3, S0, S1, S2, S3, SD,
+                            ROWS: tl.constexpr, COLS: tl.constexpr):
+        """out = x * m, x seen in memory order as R rows of its innermost dim (D elements, m's
+        stride SD along it); a row splits into up to four outer coordinates (sizes ., D1, D2, D3,
+        m's strides S0..S3, 0 where m is shared). A block is ROWS rows by COLS columns, so each row
+        is split once for its COLS elements, and its loads and stores run contiguous: split element
+        by element, PyTorch's broadcasting multiply moved about a quarter of the copy bandwidth
+        (AlexNet CBP step, benchmarks/README.md)."""
+        rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS))[:, None]
+        cols = (tl.program_id(1) * COLS + tl.arange(0, COLS))[None, :]
+        mask = (rows < R) & (cols < D)
+        i3 = rows % D3
+        rest = rows // D3
+        i2 = rest % D2
+        rest = rest // D2
+        i1 = rest % D1
+        i0 = rest // D1
+        offs = rows * D + cols
+        keep = tl.load(m_ptr + (i0 * S0 + i1 * S1 + i2 * S2 + i3 * S3) + cols * SD, mask=mask, other=0.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        # As PyTorch's multiply: in fp32, rounded once to the output's dtype.
+        tl.store(out_ptr + offs, (x.to(tl.float32) * keep.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
+
     # ------------------------------------------------------------------------ 2x2 depthwise pooling conv
 
     @triton.jit
@@ -732,6 +758,70 @@ def if_soft_reset_layer(
     seed = torch.randint(2**31 - 1, (1,), device=current.device) if dropout > 0 else None
     return _IFFunction.apply(current, threshold, shift_per_step, initial_potential, alpha, bias, calib_bias,
                              float(dropout), seed, steps)
+
+
+SHARED_MASK_OUTER_DIMS = 4  # outer dims of the walk (_shared_mask_kernel's i0..i3)
+
+
+def _mask_walk(x: torch.Tensor, keep: torch.Tensor) -> Optional[Tuple[List[int], List[int]]]:
+    """``x``'s dims of more than one element from outermost to innermost in memory, as sizes and
+    ``keep``'s strides broadcast to ``x`` (0 where it is shared); None where ``x`` does not fill its
+    storage densely or has more dims than the kernel walks."""
+    mask_strides = keep.expand(x.shape).stride()
+    dims = sorted((d for d in range(x.dim()) if x.shape[d] > 1), key=lambda d: x.stride(d), reverse=True)
+    expected = 1
+    for d in reversed(dims):
+        if x.stride(d) != expected:
+            return None
+        expected *= x.shape[d]
+    if not dims or len(dims) > SHARED_MASK_OUTER_DIMS + 1:
+        return None
+    return [x.shape[d] for d in dims], [mask_strides[d] for d in dims]
+
+
+def _shared_mask_multiply(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    sizes, strides = _mask_walk(x, keep)
+    pad = SHARED_MASK_OUTER_DIMS + 1 - len(sizes)
+    sizes, strides = [1] * pad + sizes, [0] * pad + strides
+    D, SD = sizes[-1], strides[-1]
+    cols = min(triton.next_power_of_2(D), POOL_CHANNEL_BLOCK)
+    rows = BLOCK // cols
+    out = torch.empty_like(x)  # dense, so its strides are x's
+    grid = (triton.cdiv(x.numel() // D, rows), triton.cdiv(D, cols))
+    _shared_mask_kernel[grid](x, keep, out, x.numel() // D, D, *sizes[1:4], *strides[:4], SD, ROWS=rows, COLS=cols,
+                              **_LAUNCH)
+    return out
+
+
+class _SharedMaskFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, keep):
+        ctx.save_for_backward(keep)
+        return _shared_mask_multiply(x, keep)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (keep,) = ctx.saved_tensors
+        if _mask_walk(grad_out, keep) is None:
+            grad_out = grad_out.contiguous()
+        return _shared_mask_multiply(grad_out, keep), None
+
+
+def shared_mask_multiply(x: torch.Tensor, keep: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x * keep`` for a ``keep`` of ``x``'s dtype and rank broadcast over some of its dims (TSSL-BP's
+    dropout mask, shared over time and columns), one pass each way in ``x``'s layout, equal to
+    PyTorch's product; None where no kernel runs."""
+    usable = (
+        piece_enabled("shared_mask", x)
+        and keep.dtype == x.dtype
+        and keep.dim() == x.dim()
+        and keep.is_contiguous()
+        and not keep.requires_grad
+        and keep.device == x.device
+        and x.numel() < INT32_ELEMENTS
+        and _mask_walk(x, keep) is not None
+    )
+    return _SharedMaskFunction.apply(x, keep) if usable else None
 
 
 def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor, gate: bool = False) -> torch.Tensor:
