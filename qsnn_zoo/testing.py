@@ -355,6 +355,48 @@ def compare_shared_dropout(device="cpu", shape=(4, 80, 6, 8), dtype: torch.dtype
     }
 
 
+def compare_lif_bias(device="cpu", constant_input: bool = False, dtype: torch.dtype = torch.float32) -> dict:
+    """cnn7's conv bias added in the LIF kernel (``fused.lif_hard_reset`` with ``bias``) against the
+    kernel on the current plus the bias added by PyTorch in the current's dtype (what the fast path
+    ran before): T = 6 steps of ``[B, C, H, W]`` in channels_last, or one step given with ``steps``
+    (the first layer). Spikes and the current's gradient bit for bit; the bias gradient, a sum in
+    another order, within rounding. In bf16 the values are sixteenths, whose sums bf16 holds exactly:
+    Triton's interpreter truncates to bf16 where PyTorch and the GPU round to nearest."""
+    gen = torch.Generator().manual_seed(13)
+    shape = (3, 20, 5, 6) if constant_input else (6, 3, 20, 5, 6)
+
+    def draw(size, scale):
+        values = torch.randn(size, generator=gen) * scale
+        return (values * 16).round() / 16 if dtype == torch.bfloat16 else values
+
+    current = draw(shape, 0.6).to(device=device, dtype=dtype)
+    if constant_input:
+        current = current.contiguous(memory_format=torch.channels_last)
+    else:
+        current = current.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    bias = draw(20, 0.3).to(device)
+    steps = 6 if constant_input else None
+    (c0, b0), (c1, b1) = [(current.clone().requires_grad_(), bias.clone().requires_grad_()) for _ in range(2)]
+    out = fused.lif_hard_reset(c0, 0.5, 0.25, 0.5, steps=steps, bias=b0)
+    used = out is not None
+    if not used:
+        out = neurons.lif_hard_reset(c0, 0.5, 0.25, 0.5, steps=steps, bias=b0)
+    biased = c1 + b1.view(-1, 1, 1).to(dtype)
+    ref = neurons.lif_hard_reset_fast(biased, 0.5, 0.25, 0.5, steps=steps)
+    weights = torch.randn(ref.shape, generator=gen).to(device)
+    for y in (out, ref):
+        (y.float() * weights).sum().backward()
+    return {
+        "spikes_equal": torch.equal(out, ref),
+        "active_fraction": float(ref.detach().float().mean()),
+        "current_grads_equal": torch.equal(c0.grad, c1.grad),
+        "bias_grad_rel_error": relative_error(b0.grad, b1.grad),
+        "layout_kept": out.stride() == ref.stride(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "used_kernel": used,
+    }
+
+
 CONV_WEIGHT_SHAPE = (40, 16, 3, 3)  # 5,760 weights: several kernel blocks and a partial last one
 WEIGHT_CHECK_SIZE = math.prod(CONV_WEIGHT_SHAPE)
 
@@ -506,6 +548,9 @@ LAYER_CHECKS: Dict[str, Tuple[str, Callable[..., dict]]] = {
     "quantize": ("quantize", compare_quantizer),
     "quantize_channels_last": ("quantize", lambda device: compare_quantizer(device, channels_last=True)),
     "weight_step": ("weight_step", compare_weight_step),
+    "lif_bias": ("lif_bias", compare_lif_bias),
+    "lif_bias_constant_input": ("lif_bias", lambda device: compare_lif_bias(device, constant_input=True)),
+    "lif_bias_bf16": ("lif_bias", lambda device: compare_lif_bias(device, dtype=torch.bfloat16)),
     "shared_dropout_conv": ("shared_mask", compare_shared_dropout),
     "shared_dropout_fc": ("shared_mask", lambda device: compare_shared_dropout(device, shape=(6, 40))),
     "shared_dropout_bf16": ("shared_mask", lambda device: compare_shared_dropout(device, dtype=torch.bfloat16)),
@@ -552,6 +597,9 @@ def layer_check_ok(name: str, r: dict) -> bool:
         return not r["used_kernel"] or (r["weights_rel_error"] < 1e-5 and r["buffers_rel_error"] < 1e-5
                                         and r["objectives_rel_error"] < 1e-5 and r["clamped_weights"] > 0
                                         and not r["reference_used_kernel"])
+    if name.startswith("lif_bias"):
+        return (r["spikes_equal"] and r["current_grads_equal"] and r["layout_kept"] and 0.05 < r["active_fraction"] < 0.95
+                and r["bias_grad_rel_error"] < (1e-5 if r["dtype"] == "float32" else 2**-7))
     if name.startswith("shared_dropout"):
         same = (r["outputs_equal"] and r["grads_equal"]) if r["dtype"] == "float32" else (
             r["output_rel_error"] < 2**-7 and r["grad_rel_error"] < 2**-7)

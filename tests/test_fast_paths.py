@@ -134,12 +134,14 @@ def test_vgg_with_triton_kernels_through_interpreter(interpreted):
 
 def test_cnn7_with_triton_kernels_through_interpreter(interpreted):
     """The LIF kernels in the whole network, the first layer's constant input given once with its
-    number of steps; ``check`` compares the input's gradient too, which is the kernel's sum over T."""
+    number of steps and each conv's bias added in the kernel; ``check`` compares the input's gradient
+    too, which is the kernel's sum over T, and the biases' gradients."""
     result = dict(interpreted["cnn7"])
     assert result.pop("used_kernel"), "the child process did not run the Triton kernels"
     calls = result.pop("fused_calls")
     assert calls["lif_hard_reset"] == result.pop("neurons"), "a LIF layer took no kernel"
     assert calls["constant_input"] == 1, "the first layer's current was not given to the kernel unexpanded"
+    assert result.pop("conv_bias_in_neuron"), "the convs' biases were not handed to the LIF kernel"
     check(result)
 
 
@@ -238,7 +240,7 @@ if __name__ == "__main__":
     lif_calls = count_calls(fused, ("lif_hard_reset",))
     result = compare_exactly(cnn7, images[:1])
     cnn7_result = {**result, "used_kernel": fused.triton_enabled(images), "fused_calls": lif_calls,
-                   "neurons": len(cnn7.spiking_neurons())}
+                   "neurons": len(cnn7.spiking_neurons()), "conv_bias_in_neuron": cnn7._conv_bias_in_neuron(images)}
     # fp32: a quantized AlexNet's fc1 (16.8 M weights) would spend most of the run quantizing in the interpreter
     tssl = qsnn_zoo.create_model("alexnet_cifar10_fp32_tsslbp", T=2).to(memory_format=torch.channels_last)
     pool_calls = count_calls(fused, ("sum_pool_2x2",))

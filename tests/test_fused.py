@@ -52,7 +52,7 @@ LAYER_CHECKS = ("if_layer", "if_layer_channels_last", "if_layer_constant_input",
                 "pool_to_one_pixel", "sum_pool_channels_last",
                 "sum_pool_contiguous", "sum_pool_bf16", "penalty", "penalty_channels_last", "quantize",
                 "quantize_channels_last", "weight_step", "shared_dropout_conv", "shared_dropout_fc",
-                "shared_dropout_bf16")
+                "shared_dropout_bf16", "lif_bias", "lif_bias_constant_input", "lif_bias_bf16")
 
 
 @pytest.mark.parametrize("name", LAYER_CHECKS)
@@ -172,6 +172,26 @@ def test_shared_mask_declines_what_its_kernel_cannot_take(interpreted):
                                                 "other_rank": False, "trained_mask": False, "piece_off": False}
 
 
+def lif_bias_takes() -> dict:
+    current, bias = torch.rand(2, 3, 4, 5, 5), torch.zeros(4)
+    cases = {"steps": (current, bias), "constant_input": (current[0], bias, 2), "wrong_size": (current, bias[:3]),
+             "two_dims": (current, bias.view(2, 2)), "fc": (current.flatten(2), bias)}
+    takes = {name: fused.lif_hard_reset(args[0], 0.5, 0.25, 0.5, *args[2:], bias=args[1]) is not None
+             for name, args in cases.items()}
+    with fused.pieces_disabled("lif_bias"):
+        takes["piece_off"] = fused.lif_hard_reset(current, 0.5, 0.25, 0.5, bias=bias) is not None
+        takes["piece_off_no_bias"] = fused.lif_hard_reset(current, 0.5, 0.25, 0.5) is not None
+    return takes
+
+
+def test_lif_bias_declines_what_its_kernel_cannot_take(interpreted):
+    """None, so that the neuron adds the bias in PyTorch, for a bias that is not one value per channel
+    of a step's dim 1 and with the piece switched off; the LIF kernel without a bias still runs."""
+    assert interpreted["lif_bias_takes"] == {"steps": True, "constant_input": True, "wrong_size": False,
+                                             "two_dims": False, "fc": False, "piece_off": False,
+                                             "piece_off_no_bias": True}
+
+
 def test_kernels_never_import_the_neurons():
     """The neurons own the choice of backend; the kernels module stands alone (no import circle)."""
     import ast
@@ -192,4 +212,5 @@ if __name__ == "__main__":
     with fused.pieces_disabled("pool"):
         takes["piece_off"] = fused.sum_pool_2x2(inputs["even"], 1.1) is not None
     print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes,
-                      "weight_pieces_take": weight_pieces_take(), "shared_mask_takes": shared_mask_takes()}))
+                      "weight_pieces_take": weight_pieces_take(), "shared_mask_takes": shared_mask_takes(),
+                      "lif_bias_takes": lif_bias_takes()}))

@@ -40,7 +40,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LAUNCH = {"enable_fp_fusion": False}
 
 
-PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step", "shared_mask")
+PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step", "shared_mask", "lif_bias")
 _disabled: set = set()  # pieces of PIECES switched off: callers take the path they took before the piece
 
 
@@ -272,17 +272,21 @@ if triton is not None:
     # ------------------------------------------------------------------------ LIF, hard reset
 
     @triton.jit
-    def _lif_forward_kernel(cur_ptr, spk_ptr, pot_ptr, N, T, stride_t, threshold, decay,
-                            SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    def _lif_forward_kernel(cur_ptr, bias_ptr, spk_ptr, pot_ptr, N, T, stride_t, C, ch_stride, threshold, decay,
+                            HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         u = tl.zeros([BLOCK], dtype=tl.float32)
         o = tl.zeros([BLOCK], dtype=tl.float32)
+        if HAS_BIAS:  # the conv's per-channel bias, in the current's dtype as autocast gives it to the conv
+            b = tl.load(bias_ptr + (offs // ch_stride) % C, mask=mask, other=0.0).to(tl.float32)
         cur = cur_ptr + offs
         spk = spk_ptr + offs
         pot = pot_ptr + offs
         for _ in range(T):
             i = tl.load(cur, mask=mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:  # rounded to the current's dtype, as PyTorch's add of the bias to the conv output
+                i = (i + b).to(cur_ptr.dtype.element_ty).to(tl.float32)
             u = decay * u * (1 - o) + i
             o = tl.where(u - threshold > 0, 1.0, 0.0)
             if SAVE:
@@ -293,15 +297,17 @@ if triton is not None:
             pot += N
 
     @triton.jit
-    def _lif_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, N, T, last, threshold, decay, lens,
-                             SUM_T: tl.constexpr, BLOCK: tl.constexpr):
+    def _lif_backward_kernel(gspk_ptr, pot_ptr, gcur_ptr, gsum_ptr, N, T, last, threshold, decay, lens,
+                             SUM_T: tl.constexpr, STORE_STEPS: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         gspk = gspk_ptr + last + offs
         pot = pot_ptr + last + offs
-        gcur = gcur_ptr + last + offs  # unused with SUM_T: gcur_ptr is then one step, written after the loop
+        gcur = gcur_ptr + last + offs
         g_next = tl.zeros([BLOCK], dtype=tl.float32)  # dL/du of the next step
-        g_sum = tl.zeros([BLOCK], dtype=tl.float32)  # sum over T of dL/dI: a constant input's gradient
+        # Sum over T of dL/dI: a constant input's gradient, or (with STORE_STEPS) of the steps as
+        # stored, whose sum over batch and space is then the bias gradient PyTorch takes from them.
+        g_sum = tl.zeros([BLOCK], dtype=tl.float32)
         for _ in range(T):
             u = tl.load(pot, mask=mask, other=0.0)
             x = u - threshold
@@ -310,16 +316,19 @@ if triton is not None:
             # u_next = decay * u * (1 - o) + i_next: o reaches the loss directly and through u_next
             go = tl.load(gspk, mask=mask, other=0.0).to(tl.float32) - g_next * decay * u
             g = g_next * decay * (1 - o) + go * ds
-            if SUM_T:
+            if STORE_STEPS:
+                stored = g.to(gcur_ptr.dtype.element_ty)
+                tl.store(gcur, stored, mask=mask)
+                if SUM_T:
+                    g_sum += stored.to(tl.float32)
+            elif SUM_T:
                 g_sum += g
-            else:
-                tl.store(gcur, g.to(gcur_ptr.dtype.element_ty), mask=mask)
             g_next = g
             gspk -= N
             pot -= N
             gcur -= N
         if SUM_T:
-            tl.store(gcur_ptr + offs, g_sum.to(gcur_ptr.dtype.element_ty), mask=mask)
+            tl.store(gsum_ptr + offs, g_sum.to(gsum_ptr.dtype.element_ty), mask=mask)
 
     # ------------------------------------------------------------------------ TSSL-BP
 
@@ -584,19 +593,23 @@ class _IFFunction(torch.autograd.Function):
 
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, threshold, decay, lens, steps):
+    def forward(ctx, current, threshold, decay, lens, steps, bias):
         current, stride_t = _prepare(current, steps)
         T, slab = current.shape[0], current[0]
         n = slab.numel()
-        save = ctx.needs_input_grad[0]
+        save = ctx.needs_input_grad[0] or ctx.needs_input_grad[5]
         spikes = _empty_steps(slab, T, current.dtype)
         potential = _empty_steps(slab, T if save else 1, torch.float32)
-        _lif_forward_kernel[_grid(n)](current, spikes, potential, n, T, stride_t, float(threshold),
-                                      float(decay), SAVE=save, BLOCK=BLOCK, **_LAUNCH)
+        channels, ch_stride = (slab.shape[1], slab.stride(1)) if bias is not None else (1, 1)
+        b = potential if bias is None else bias.detach().to(current.dtype).contiguous()  # never read without
+        _lif_forward_kernel[_grid(n)](current, b, spikes, potential, n, T, stride_t, channels, ch_stride,
+                                      float(threshold), float(decay), HAS_BIAS=bias is not None, SAVE=save,
+                                      BLOCK=BLOCK, **_LAUNCH)
         ctx.save_for_backward(potential)
         ctx.constants = (float(threshold), float(decay), float(lens))
         ctx.current_dtype = current.dtype
         ctx.constant_input = steps is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return spikes
 
     @staticmethod
@@ -607,12 +620,20 @@ class _LIFFunction(torch.autograd.Function):
         grad_spikes = _same_layout(grad_spikes, potential)
         # A constant input's gradient is the kernel's sum over T, one step in the input's layout and
         # dtype: no per-step gradient, and no expand reduction over T (reduce_kernel, 178 us a call in
-        # the bf16 cnn7 training step on an H200, batch 50, T=8).
-        constant = ctx.constant_input
+        # the bf16 cnn7 training step on an H200, batch 50, T=8). A bias's gradient is the sum over
+        # batch and space of that sum over T: one step to reduce instead of T.
+        constant, bias_grad = ctx.constant_input, ctx.needs_input_grad[5]
         grad_current = torch.empty_like(potential[0] if constant else potential, dtype=ctx.current_dtype)
-        _lif_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, n, T, (T - 1) * n,
-                                       threshold, decay, lens, SUM_T=constant, BLOCK=BLOCK, **_LAUNCH)
-        return grad_current, None, None, None, None
+        grad_sum = torch.empty_like(potential[0]) if bias_grad and not constant else grad_current
+        _lif_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, grad_sum, n, T, (T - 1) * n,
+                                       threshold, decay, lens, SUM_T=constant or bias_grad, STORE_STEPS=not constant,
+                                       BLOCK=BLOCK, **_LAUNCH)
+        grad_bias = None
+        if bias_grad:
+            # Rounded to the current's dtype, as autocast's cast of the bias makes PyTorch's gradient.
+            per_channel = grad_sum.float().sum(dim=[d for d in range(grad_sum.dim()) if d != 1])
+            grad_bias = per_channel.to(ctx.current_dtype).to(ctx.bias_dtype)
+        return grad_current if ctx.needs_input_grad[0] else None, None, None, None, None, grad_bias
 
 
 class _TSSLFunction(torch.autograd.Function):
@@ -886,15 +907,24 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype:
 
 
 def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float,
-                   steps: Optional[int] = None) -> Optional[torch.Tensor]:
+                   steps: Optional[int] = None, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Fused :func:`.neurons.lif_hard_reset`: spikes ``[T, B, ...]`` in {0, 1}; None where no kernel runs.
 
     With ``steps``, ``current`` is ``[B, ...]``, the input at each of ``steps`` steps (cnn7's first
     layer): the same spikes as for it expanded over T, and its gradient, the sum over T, comes from
-    the kernel without a per-step gradient tensor."""
+    the kernel without a per-step gradient tensor. With ``bias``, a per-channel bias (dim 1 of a
+    step) is added to the current in the kernel, rounded to the current's dtype as PyTorch adds a
+    conv's bias to its output: cnn7's bias-free conv plus this equals the conv with its bias, and
+    saves the broadcasting add that took 0.34 ms of its 6.27 ms CBP step (benchmarks/README.md)."""
     if not triton_enabled(current):
         return None
-    return _LIFFunction.apply(current, threshold, decay, lens, steps)
+    if bias is not None:
+        step_dims = current.dim() - (0 if steps is not None else 1)
+        usable = (piece_enabled("lif_bias", current) and bias.dim() == 1 and step_dims >= 2
+                  and current.shape[2 if steps is None else 1] == bias.numel() and bias.device == current.device)
+        if not usable:
+            return None
+    return _LIFFunction.apply(current, threshold, decay, lens, steps, bias)
 
 
 def tssl_neuron(current: torch.Tensor, tau_m: float, tau_s: float, threshold: float, alpha: float):

@@ -54,11 +54,13 @@ def if_soft_reset(
 
 
 def lif_hard_reset(current: torch.Tensor, threshold: float, decay: float, lens: float,
-                   steps: Optional[int] = None) -> torch.Tensor:
+                   steps: Optional[int] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Reference LIF dynamics of :class:`LIFNeuron` over ``current[T, B, ...]``; with ``steps``,
-    ``current`` is ``[B, ...]``, the input at each of ``steps`` steps."""
+    ``current`` is ``[B, ...]``, the input at each of ``steps`` steps; with ``bias``, a per-channel
+    bias is added to the current first."""
     if steps is not None:
         current = repeat_over_time(current, steps)
+    current = add_channel_biases(current, bias)
     u = torch.zeros_like(current[0])
     o = torch.zeros_like(current[0])
     out = []
@@ -160,11 +162,13 @@ class LIFNeuron(SpikingNeuron):
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, decay={self.decay}, reset=hard, lens={self.lens}"
 
-    def forward(self, current: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+    def forward(self, current: torch.Tensor, steps: Optional[int] = None,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Spikes ``[T, B, ...]`` for ``current[T, B, ...]``, or for ``current[B, ...]`` as the input at
-        each of ``steps`` steps (a constant input, whose gradient the fast kernel sums over T itself)."""
+        each of ``steps`` steps (a constant input, whose gradient the fast kernel sums over T itself);
+        ``bias``, per channel, is added to the current (a conv's bias, which the fast kernel adds)."""
         impl = lif_hard_reset_fast if self.backend == "fast" else lif_hard_reset
-        spikes = impl(current, self.threshold, self.decay, self.lens, steps=steps)
+        spikes = impl(current, self.threshold, self.decay, self.lens, steps=steps, bias=bias)
         self._record(spikes)
         return spikes
 

@@ -6,7 +6,7 @@ step; the output is the firing rate of the last layer.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 from .._builder import build_model
 from .._registry import DATASETS, WEIGHT_KINDS, ModelEntry, NeuronSpec, QuantSpec, register_model
 from ..layers.neurons import LIFNeuron
-from ..layers.quant import make_conv2d, make_linear
+from ..layers.quant import is_quantized, make_conv2d, make_linear
 from ..layers.time import constant_over_time, over_time
 from ._base import SpikingModel
 from ._common import BITS_WORD, CIFAR10_STATS, NUM_CLASSES, STBP_CLAIMS, citation, default_recipe
@@ -60,18 +60,46 @@ class CNN7(SpikingModel):
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Output spikes ``[T, B, K]``."""
         fold = self.fold_time
+        in_neuron = self._conv_bias_in_neuron(x)
         if fold:  # the image's current once, whose gradient the LIF kernel then sums over T itself
-            s = self.neurons["conv1"](self.conv1(x), steps=self.T)
+            s = self._layer("conv1", x, in_neuron, steps=self.T)
         else:
             s = self.neurons["conv1"](constant_over_time(self.conv1, x, self.T, fold))
         for name in self.layer_names[1:]:
             if name == "fc1":
                 s = s.flatten(2)
-            s = self.neurons[name](over_time(getattr(self, name), s, fold))
+            s = self._layer(name, s, in_neuron)
         return s
+
+    def _layer(self, name: str, x: torch.Tensor, conv_bias_in_neuron: bool, steps: Optional[int] = None):
+        """One layer's spikes; a conv's bias added by its neuron where ``conv_bias_in_neuron``."""
+        layer, neuron = getattr(self, name), self.neurons[name]
+        if conv_bias_in_neuron and isinstance(layer, nn.Conv2d):
+            return neuron(self._over_steps(_bias_free(layer), x, steps), steps=steps, bias=layer.bias)
+        return neuron(self._over_steps(layer, x, steps), steps=steps)
+
+    def _over_steps(self, layer: Callable, x: torch.Tensor, steps: Optional[int]) -> torch.Tensor:
+        return layer(x) if steps is not None else over_time(layer, x, self.fold_time)
+
+    def _conv_bias_in_neuron(self, x: torch.Tensor) -> bool:
+        """Whether the fast path hands each conv's bias to the LIF kernel (piece ``lif_bias``), which
+        adds it as PyTorch does and saves a broadcasting pass over the currents. The conv modules
+        are then bypassed, so not where a hook observes one."""
+        if not self.fold_time:
+            return False
+        from ..layers import fused  # imported on use, as the neurons do: only the GPU path needs Triton
+
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if isinstance(m, nn.Conv2d))
+        return fused.piece_enabled("lif_bias", x) and not hooked
 
     def decode(self, steps: torch.Tensor) -> torch.Tensor:
         return steps.mean(0)  # firing rate of the output layer (docs/method.md §D.2)
+
+
+def _bias_free(conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The conv without its bias, its (quantized) weight made once for every call."""
+    weight = conv.quantized_weight() if is_quantized(conv) else conv.weight
+    return lambda z: conv._conv_forward(z, weight, None)
 
 
 def _create_cnn7(name: str, pretrained: bool = False, **kwargs) -> CNN7:
