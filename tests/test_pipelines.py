@@ -72,11 +72,16 @@ def test_tsslbp_pipeline(tmp_path):
 
 
 def test_stbp_pipeline(tmp_path):
+    from qsnn_zoo.layers import fused
+
     flags = tiny(tmp_path, images=10, batch=10)
     assert script("train_fp32").main(["cnn7_cifar10_fp32_stbp", *flags]) == 0
-    assert script("quantize_cbp").main(["cnn7_cifar10_bin_stbp", *flags]) == 0
+    with fused.pieces_disabled():  # restores the switches that --fused-off turns for the process
+        assert script("quantize_cbp").main(["cnn7_cifar10_bin_stbp", *flags, "--fused-off", "lif_bias,pool"]) == 0
+        assert {"lif_bias", "pool"} <= fused.disabled_pieces()
     _, summary = _check_outputs(tmp_path, "cnn7_cifar10_bin_stbp", "stbp_cbp")
     assert summary["recipe"]["grad_clip"] == "value" and summary["recipe"]["lr"] == 5e-3
+    assert summary["options"]["fused_off"] == ["lif_bias", "pool"]
     _check_quantized(qsnn_zoo.create_model("cnn7_cifar10_bin_stbp", weights=tmp_path / "cnn7_cifar10_bin_stbp"))
 
 
@@ -109,6 +114,7 @@ def test_fast_backend_trains_in_channels_last(tmp_path, monkeypatch):
     ("quantize_cbp", ["cnn7_cifar10_fp32_stbp", "--quant", "bin"], "reproduce.py cnn7_cifar10_fp32_stbp"),
     ("reproduce", ["cnn7_cifar10_bin_stbpp"], "Closest names: cnn7_cifar10_bin_stbp"),
     ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--data", "no-such-dir"], "data directory no-such-dir does not exist"),
+    ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--fused-off", "pooling"], "no fused kernel 'pooling'; choose from"),
 ])
 def test_a_user_error_is_one_line_and_exit_2(tmp_path, capsys, name, args, message):
     flags = [*tiny(tmp_path), *args]  # the later --data wins

@@ -103,6 +103,7 @@ class RunOptions:
     progress: bool = True
     deterministic: bool = False  # deterministic cuDNN/cuBLAS algorithms, for bit-identical repeats on one GPU
     cuda_graph: bool = False  # replay the training step from a CUDA graph (one GPU)
+    fused_off: Tuple[str, ...] = ()  # fused kernels (qsnn_zoo.layers.fused.PIECES) left off for the run
 
 
 def _stbp_fp32() -> Recipe:
@@ -212,7 +213,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any,
     if hint is bool:
         parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif origin is tuple:
-        item = args[0]
+        item = ITEM_TYPES.get(f.name, args[0])
         parser.add_argument(
             _flag(f.name), type=lambda s, item=item: tuple(item(v) for v in s.split(",") if v), default=None,
             metavar="A,B,...", help=help_text,
@@ -252,7 +253,21 @@ RUN_HELP = {
     "deterministic": "deterministic GPU algorithms (slower): the same command then gives the same weights file",
     "cuda_graph": "replay each training step from a CUDA graph: same computation, no kernel-launch gaps "
     "(CUDA, one process; data-parallel runs step eagerly)",
+    "fused_off": "fused kernels to leave off, comma-separated, e.g. one whose device check fails "
+    "(scripts/benchmark.py --checks-only): their callers take the path they took before the kernel",
 }
+
+
+def fused_piece(name: str) -> str:
+    """A name of ``qsnn_zoo.layers.fused.PIECES``, for --fused-off."""
+    from ..layers import fused  # imported on use: only a run that names a kernel needs the module
+
+    if name not in fused.PIECES:
+        raise argparse.ArgumentTypeError(f"no fused kernel {name!r}; choose from {','.join(fused.PIECES)}")
+    return name
+
+
+ITEM_TYPES = {"fused_off": fused_piece}  # tuple fields whose items the command line checks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from .._registry import ModelEntry, get_entry
 from ..cbp import CBP
 from ..data import ImageSet, load_cifar
 from ..hub import WeightsNotFoundError, resolve_weights, sha256_of
+from ..layers import fused
 from ..layers.quant import quantized_modules, weight_codes
 from ..weights import atomic_write, save_weights
 from . import distributed
@@ -516,6 +517,8 @@ def run_stage(name: str, recipe: Recipe, options: RunOptions, deadline: Optional
     trained stage stops at the last epoch boundary before ``deadline`` (``time.monotonic()``)."""
     if options.deterministic:
         use_deterministic_algorithms()
+    for piece in options.fused_off:  # a process-wide switch, as the benchmark's after a failed check
+        fused.set_piece_enabled(piece, False)
     device = distributed.pick_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     options = replace(options, backend=options.backend or ("fast" if device.type == "cuda" else "reference"))
     info = distributed.init_distributed(device)
