@@ -142,6 +142,7 @@ def test_cnn7_with_triton_kernels_through_interpreter(interpreted):
     assert calls["lif_hard_reset"] == result.pop("neurons"), "a LIF layer took no kernel"
     assert calls["constant_input"] == 1, "the first layer's current was not given to the kernel unexpanded"
     assert result.pop("conv_bias_in_neuron"), "the convs' biases were not handed to the LIF kernel"
+    assert not result.pop("conv_bias_in_neuron_under_a_hook"), "a hooked conv would be bypassed unseen"
     check(result)
 
 
@@ -241,6 +242,9 @@ if __name__ == "__main__":
     result = compare_exactly(cnn7, images[:1])
     cnn7_result = {**result, "used_kernel": fused.triton_enabled(images), "fused_calls": lif_calls,
                    "neurons": len(cnn7.spiking_neurons()), "conv_bias_in_neuron": cnn7._conv_bias_in_neuron(images)}
+    watching = cnn7.pool2.register_forward_hook(lambda *args: None)
+    cnn7_result["conv_bias_in_neuron_under_a_hook"] = cnn7._conv_bias_in_neuron(images)
+    watching.remove()
     # fp32: a quantized AlexNet's fc1 (16.8 M weights) would spend most of the run quantizing in the interpreter
     tssl = qsnn_zoo.create_model("alexnet_cifar10_fp32_tsslbp", T=2).to(memory_format=torch.channels_last)
     pool_calls = count_calls(fused, ("sum_pool_2x2",))
