@@ -161,18 +161,22 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, flo
 def kernel_profile(fn: Callable[[], object], device: torch.device, rows: int = 25) -> str:
     """Where the device time of 3 calls goes: by kernel (self device time), then by PyTorch operator
     (device time of the kernels each launches), which names the code behind an anonymous
-    elementwise or reduction kernel. The tables that explain a gap to the floor."""
+    elementwise or reduction kernel, then by operator and input shapes, which names the layer
+    (an anonymous broadcasting kernel was AlexNet's dropout, and cnn7's bias adds, only by their
+    shapes and counts). The tables that explain a gap to the floor."""
     if device.type != "cuda":
         return ""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(3):
             fn()
         torch.cuda.synchronize(device)
-    events = prof.key_averages()
-    table = "\n".join(events.table(sort_by=key, row_limit=rows, max_name_column_width=70)
-                      for key in ("self_device_time_total", "device_time_total"))
+    tables = [prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+              for key in ("self_device_time_total", "device_time_total")]
+    tables.append(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_device_time_total", row_limit=rows, max_name_column_width=40, max_shapes_column_width=80))
+    table = "\n".join(tables)
     print(table, flush=True)
     return table
 
