@@ -14,8 +14,9 @@ given or on random images of CIFAR-10's shapes, and reports per stage:
 - with SpikingJelly importable: one plain surrogate-gradient step (forward, cross-entropy,
   backward, SGD) of the same network with SpikingJelly's multi-step neurons in place of ours,
   beside ours, both bf16;
-- two independent stages at once on one GPU against one after the other: aggregate throughput,
-  and whether each one's weights equal those of the same command run alone.
+- independent CBP stages at once on one GPU against one after the other (``--concurrent``: the cnn7
+  children by default, whose trio target counts on it): aggregate throughput, and whether each
+  one's weights equal those of the same command run alone.
 
     python scripts/benchmark_stages.py --data DATA --out benchmarks/ --stem stages_h200
     python scripts/benchmark_stages.py --device cpu --quick --out /tmp/bench   # checks that it runs
@@ -71,7 +72,7 @@ TARGETS = {
     "tssl_cbp": ("one AlexNet CBP child, 200 epochs", ("tssl_cbp",), 15),
 }
 SPIKINGJELLY_MODELS = ("vgg16_cifar10_bin_calib", "cnn7_cifar10_bin_stbp")
-CONCURRENT = ("cnn7_cifar10_bin_stbp", "cnn7_cifar10_ter_stbp")
+CONCURRENT = ("cnn7_cifar10_bin_stbp", "cnn7_cifar10_ter_stbp")  # the STBP trio's children
 
 
 # ---------------------------------------------------------------- data and parents
@@ -185,6 +186,11 @@ def project(timing: dict, step_s: Optional[float]) -> dict:
         out["epoch_over_steps"] = steady / (steps * step_s)
         out["train_over_steps"] = statistics.median(timing["train_s"][1:] or timing["train_s"]) / (steps * step_s)
     return out
+
+
+def children_speedup(groups: List[dict]) -> Optional[float]:
+    """The measured aggregate speed-up of the cnn7 children side by side, if a group measured them."""
+    return next((g["aggregate_speedup"] for g in groups if set(g["jobs"]) == set(CONCURRENT)), None)
 
 
 def targets(stages: Dict[str, dict], children_speedup: Optional[float] = None) -> List[dict]:
@@ -312,18 +318,34 @@ def run_commands(commands: List[List[str]], logs: List[Path]) -> float:
     return time.perf_counter() - started
 
 
-def concurrency(args, work: Path) -> dict:
-    """The two cnn7 CBP children one after the other, then both at once (CUDA MPS when its daemon
-    runs): wall times, aggregate speed-up, and whether each file equals its run alone."""
-    parents = {name: random_parent(name, work) for name in CONCURRENT}
+def concurrency(args, work: Path, jobs: List[str]) -> dict:
+    """The CBP stages of ``jobs`` (quantized entries) one after the other, then all at once (CUDA MPS
+    when its daemon runs): wall times, aggregate speed-up, and whether each file equals its run alone."""
+    work.mkdir(parents=True, exist_ok=True)
+    parents = {name: random_parent(name, work) for name in jobs}
     alone, together = work / "alone", work / "together"
-    alone_s = sum(run_commands([stage_command(n, args, alone, parents[n])], [work / f"alone_{n}.log"]) for n in CONCURRENT)
-    together_s = run_commands([stage_command(n, args, together, parents[n]) for n in CONCURRENT],
-                              [work / f"together_{n}.log" for n in CONCURRENT])
+    alone_s = sum(run_commands([stage_command(n, args, alone, parents[n])], [work / f"alone_{n}.log"]) for n in jobs)
+    together_s = run_commands([stage_command(n, args, together, parents[n]) for n in jobs],
+                              [work / f"together_{n}.log" for n in jobs])
     same = {n: sha256_of(alone / n / f"{n}.safetensors") == sha256_of(together / n / f"{n}.safetensors")
-            for n in CONCURRENT}
-    return {"jobs": list(CONCURRENT), "epochs": args.epochs, "one_after_another_s": alone_s, "together_s": together_s,
+            for n in jobs}
+    return {"jobs": list(jobs), "epochs": args.epochs, "one_after_another_s": alone_s, "together_s": together_s,
             "aggregate_speedup": alone_s / together_s, "weights_equal_alone": same, "mps": mps_running()}
+
+
+def job_group(text: str) -> List[str]:
+    """``A,B,...``: two or more quantized registry entries, for --concurrent."""
+    names = [n for n in text.split(",") if n]
+    for name in names:
+        try:
+            entry = qsnn_zoo.get_entry(name)
+        except KeyError as err:
+            raise argparse.ArgumentTypeError(str(err).strip("'\"")) from None
+        if entry.quant.mode is None:
+            raise argparse.ArgumentTypeError(f"{name} is not a quantized entry; its stage here is CBP")
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: name two or more entries, comma-separated")
+    return names
 
 
 def mps_running() -> bool:
@@ -366,9 +388,8 @@ def markdown(report: dict) -> str:
         for r in sj["rows"]:
             lines.append(f"| {r['model']} | {r['T']} | {r['batch']} | {r['ours_s'] * 1e3:.1f} | "
                          f"{r['spikingjelly_s'] * 1e3:.1f} | {r['speedup']:.1f}x |")
-    c = report.get("concurrency", {})
-    if "together_s" in c:
-        lines += ["", f"Two stages on one GPU ({', '.join(c['jobs'])}, {c['epochs']} epochs each, "
+    for c in report.get("concurrency", []):
+        lines += ["", f"{len(c['jobs'])} stages side by side ({', '.join(c['jobs'])}, {c['epochs']} epochs each, "
                   f"MPS {'on' if c['mps'] else 'off'}): one after the other {c['one_after_another_s']:.1f} s, "
                   f"together {c['together_s']:.1f} s, aggregate speed-up {c['aggregate_speedup']:.2f}x; "
                   f"weights equal to the run alone: {c['weights_equal_alone']}."]
@@ -395,6 +416,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-spikingjelly", dest="spikingjelly", action="store_false")
     parser.add_argument("--no-concurrency", dest="concurrency", action="store_false")
+    parser.add_argument("--concurrent", nargs="+", type=job_group, default=[list(CONCURRENT)], metavar="A,B",
+                        help="groups of quantized entries whose CBP stages run side by side, each group's names "
+                        "comma-separated (default: the cnn7 children)")
     parser.add_argument("--profile", action="store_true",
                         help="run each stage's epochs once more under the profiler: kernels by device time, busy fraction")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on any device: checks that the script runs")
@@ -428,9 +452,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.spikingjelly:
             report["spikingjelly"] = spikingjelly_comparison(args)
         if args.concurrency:
-            report["concurrency"] = concurrency(args, work)
+            report["concurrency"] = [concurrency(args, work / f"group_{i}", jobs)
+                                     for i, jobs in enumerate(args.concurrent)]
         report["targets"] = targets({k: v for k, v in report["stages"].items() if "error" not in v},
-                                    report.get("concurrency", {}).get("aggregate_speedup"))
+                                    children_speedup(report.get("concurrency", [])))
         write_report(report, args.out, args.stem)
     print(markdown(report))
     return 1 if any("error" in r for r in report["stages"].values()) else 0

@@ -120,3 +120,18 @@ def test_stbp_trio_is_projected_with_its_children_side_by_side():
     expected = [parent + 2 * child, parent + 2 * child / speedup]
     assert all(abs(r["projected_min"] * 60 - e) < 1e-9 for r, e in zip(rows, expected)) and len(rows) == 2
     assert "side by side" in rows[1]["what"] and len(stages.targets(measured)) == len(stages.targets(measured, speedup)) - 1
+
+
+def test_stages_side_by_side_train_the_weights_they_train_alone(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(script("benchmark").__file__).rsplit("/", 1)[0])
+    stages = script("benchmark_stages")
+    pair = "alexnet_cifar10_bin_tsslbp,alexnet_cifar10_ter_tsslbp"
+    code = stages.main(["--device", "cpu", "--quick", "--stages", "tssl_cbp", "--no-spikingjelly", "--concurrent", pair,
+                        "--out", str(tmp_path), "--stem", "cpu"])
+    assert code == 0
+    report = json.loads((tmp_path / "cpu.json").read_text())
+    (group,) = report["concurrency"]
+    assert group["jobs"] == pair.split(",") and group["one_after_another_s"] > 0 and group["together_s"] > 0
+    assert all(group["weights_equal_alone"].values()), group
+    assert stages.children_speedup(report["concurrency"]) is None  # not the cnn7 children: no trio row
+    assert "2 stages side by side (alexnet_cifar10_bin_tsslbp" in (tmp_path / "cpu.md").read_text()
