@@ -110,7 +110,7 @@ class _PenaltyFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         weight, multiplier, s = ctx.saved_tensors
         ternary, u = ctx.constants
-        grad_w = _like(weight)
+        grad_w = torch.empty_like(weight)  # a dense weight's strides, kept
         _penalty_backward_kernel[_grid(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
                                                         grad_w, weight.numel(), u, TERNARY=ternary, BLOCK=BLOCK,
                                                         **_LAUNCH)
@@ -136,12 +136,8 @@ def constraint_penalty(weight: torch.Tensor, multiplier: torch.Tensor, scale: to
     return _PenaltyFunction.apply(weight, multiplier, scale, mode == "ter", float(u))
 
 
-def _like(weight: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor with ``weight``'s shape, strides, dtype and device."""
-    return torch.empty_strided(weight.shape, weight.stride(), dtype=weight.dtype, device=weight.device)
-
-
-def _same_layout(t: Optional[torch.Tensor], weight: torch.Tensor) -> bool:
+def _walks_with(t: Optional[torch.Tensor], weight: torch.Tensor) -> bool:
+    """Whether the kernel can walk ``t`` as one flat fp32 run beside ``weight`` (None: nothing to walk)."""
     return t is None or (t.dtype == torch.float32 and t.stride() == weight.stride() and t.device == weight.device)
 
 
@@ -167,7 +163,7 @@ def sgd_weight_step_usable(weights: List[torch.Tensor], multipliers: List[torch.
     for weight, lam in zip(weights, multipliers):
         buf = optimizer.state.get(weight, {}).get("momentum_buffer")
         if not (piece_enabled("weight_step", weight) and weight.dtype == torch.float32 and dense_layout(weight)
-                and _same_layout(lam, weight) and _same_layout(buf, weight) and _sgd_group(optimizer, weight)):
+                and _walks_with(lam, weight) and _walks_with(buf, weight) and _sgd_group(optimizer, weight)):
             return False
     return True
 
@@ -183,10 +179,10 @@ def sgd_weight_step(layers: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         state: Dict = optimizer.state[weight]
         first = state.get("momentum_buffer") is None
         if first:
-            state["momentum_buffer"] = _like(weight)
+            state["momentum_buffer"] = torch.empty_like(weight)
         grad = weight.grad
         if grad is not None and grad.stride() != weight.stride():  # the kernel walks both as one flat run
-            grad = _like(weight).copy_(grad)
+            grad = torch.empty_like(weight).copy_(grad)
         s = scale.detach().to(torch.float32).reshape(1)
         with torch.no_grad():
             _sgd_weight_step_kernel[_grid(weight.numel())](

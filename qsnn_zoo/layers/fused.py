@@ -673,7 +673,15 @@ class _TSSLFunction(torch.autograd.Function):
 
 # Tensors of this many elements or more index in int64 in the pooling kernels (_pool_block).
 INT32_ELEMENTS = 2**31
-POOL_CHANNEL_BLOCK = 64  # channels per block in channels_last: 128 contiguous bytes a row in bf16
+ROW_BLOCK_COLUMNS = 64  # a block's columns along a contiguous innermost dim: 128 bytes a row in bf16
+
+
+def _row_block(columns: int) -> Tuple[int, int]:
+    """Rows and columns of a BLOCK-element block over rows of ``columns`` contiguous elements (the
+    channels of channels_last pooling, the innermost dim of the shared mask): each row's outer
+    coordinates are split once per block row, and its loads and stores run contiguous."""
+    cols = min(triton.next_power_of_2(columns), ROW_BLOCK_COLUMNS)
+    return BLOCK // cols, cols
 
 
 def _pool_launch(x: torch.Tensor, out: torch.Tensor):
@@ -682,8 +690,7 @@ def _pool_launch(x: torch.Tensor, out: torch.Tensor):
     channels_last = not out.is_contiguous()
     C = out.shape[1]
     if channels_last:
-        cb = min(triton.next_power_of_2(C), POOL_CHANNEL_BLOCK)
-        pix = BLOCK // cb
+        pix, cb = _row_block(C)
         grid = (triton.cdiv(out.numel() // C, pix), triton.cdiv(C, cb))
     else:
         cb, pix, grid = 1, BLOCK, _grid(out.numel())
@@ -805,8 +812,7 @@ def _shared_mask_multiply(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     pad = SHARED_MASK_OUTER_DIMS + 1 - len(sizes)
     sizes, strides = [1] * pad + sizes, [0] * pad + strides
     D, SD = sizes[-1], strides[-1]
-    cols = min(triton.next_power_of_2(D), POOL_CHANNEL_BLOCK)
-    rows = BLOCK // cols
+    rows, cols = _row_block(D)
     out = torch.empty_like(x)  # dense, so its strides are x's
     grid = (triton.cdiv(x.numel() // D, rows), triton.cdiv(D, cols))
     _shared_mask_kernel[grid](x, keep, out, x.numel() // D, D, *sizes[1:4], *strides[:4], SD, ROWS=rows, COLS=cols,
@@ -899,7 +905,7 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype:
     usable = piece_enabled("quantize", weight) and weight.dtype == torch.float32 and dense_layout(weight)
     if not usable:
         return None
-    q = torch.empty_strided(weight.shape, weight.stride(), dtype=dtype, device=weight.device)
+    q = torch.empty_like(weight, dtype=dtype)  # a dense weight's strides, kept
     s = scale.detach().to(device=weight.device, dtype=torch.float32).reshape(1)
     _quantize_kernel[_grid(weight.numel())](weight, s, q, weight.numel(), TERNARY=mode == "ter", BLOCK=BLOCK,
                                             **_LAUNCH)
