@@ -204,8 +204,8 @@ def targets(stages: Dict[str, dict], children_speedup: Optional[float] = None) -
             rows.append({"target": key, "what": what, "projected_min": seconds / 60, "target_min": minutes,
                          "met": seconds / 60 <= minutes})
             if key == "stbp" and children_speedup:
-                child = stages["stbp_cbp"]["projection"]["projected_s"]
-                seconds += 2 * child / children_speedup - 2 * child
+                parent, child = (stages[p]["projection"]["projected_s"] for p in ("stbp_fp32", "stbp_cbp"))
+                seconds = parent + 2 * child / children_speedup
                 rows.append({"target": key, "what": f"{what}, the children side by side ({children_speedup:.2f}x)",
                              "projected_min": seconds / 60, "target_min": minutes, "met": seconds / 60 <= minutes})
     return rows

@@ -15,7 +15,8 @@ jobs run, under which process id, when each started and ended and with which exi
 stops nothing from outside: jobs bound their own time (``--time-budget``) and stop at an epoch
 boundary, resumably.
 
-    python scripts/run_jobs.py scripts/plans/vgg16_cifar10_parent_and_grid.json --out /tmp/wd --set data=/tmp/cifar10
+    python scripts/run_jobs.py scripts/plans/alexnet_cifar10_parent_stage.json --out /tmp/wd \
+        --set data=/tmp/cifar10 --set wd=/tmp/wd --set parent_budget=1500
 """
 from __future__ import annotations
 
