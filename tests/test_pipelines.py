@@ -23,6 +23,8 @@ def _check_outputs(out, name, stage):
     assert (stage_dir / "checkpoint.pt").is_file()
     summary = json.loads((out / name / "summary.json").read_text())
     assert summary["name"] == name and summary["test"]["rows_all"] == 16
+    # the process that wrote the summary ran at least the last epoch (a resumed run counts from its resume)
+    assert summary["process_seconds"] >= records[-1]["seconds"]
     return records, summary
 
 

@@ -21,7 +21,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -63,6 +63,7 @@ class Run:
     info: DistInfo
     deadline: Optional[float] = None  # time.monotonic() by which the stage stops at an epoch boundary
     stopped_early: bool = False  # set by fit when --stop-after-epoch or --time-budget ended it
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def entry(self) -> ModelEntry:
@@ -492,6 +493,9 @@ def publish(run: Run, model: nn.Module, data: Optional[Data] = None) -> Path:
             "weights": {"path": str(path), "sha256": sha256_of(path), "bytes": path.stat().st_size},
             "cfs": _final_cfs(model),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # the stage's wall time in this process, data loading and the final evaluation included,
+            # which is what a stage's time target is measured in; a resumed run counts from its resume
+            "process_seconds": round(time.monotonic() - run.started, 3),
         }
         _write_json(run.stage_dir / SUMMARY_NAME, summary)
         _write_json(run.entry_dir / SUMMARY_NAME, summary)
