@@ -180,6 +180,53 @@ def compare_if_layer(device="cpu", T: int = 4, step_shape=(3, 6, 7, 9), channels
     }
 
 
+def _fast_run(fast: Callable, base: torch.Tensor, steps: Optional[int], seed: int) -> Tuple[torch.Tensor, ...]:
+    """``fast``'s outputs and input gradient on ``base`` under a fixed linear loss, its random draws
+    (dropout's seed) from torch's generator seeded with ``seed``."""
+    expanded = steps is None and base.stride(0) == 0  # a constant input expanded over T: its leaf is one step
+    leaf = (base[0] if expanded else base).detach().clone().requires_grad_()
+    current = leaf.unsqueeze(0).expand(base.shape) if expanded else leaf
+    torch.manual_seed(seed)
+    out = fast(current) if steps is None else fast(current, steps=steps)
+    outs = out if isinstance(out, tuple) else (out,)
+    weights = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(seed)).to(outs[0].device)
+    (outs[0].float() * weights).sum().backward()
+    return (*outs, leaf.grad)
+
+
+LaunchCase = Tuple[Callable, Maker, Optional[int]]  # the fast function, its current's maker, steps
+
+
+def launch_cases(device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> Dict[str, LaunchCase]:
+    """name -> (fast neuron or layer, current maker, steps): every neuron kernel, and the VGG layer
+    with both biases and dropout, whose draws are counted per element."""
+    cases = {name: (case[1], case[2], case[3] if len(case) > 3 else None)
+             for name, case in neuron_cases(device, T, step_shape).items()}
+    channels = step_shape[1]
+    bias, calib = (torch.linspace(-0.3, 0.3, channels, device=device) * k for k in (1, -0.5))
+    th = torch.tensor(0.8, device=device)
+    cases["if_layer_dropout"] = (lambda c: neurons.if_layer_fast(c, th, 0.5 / T, None, 2.0, bias, calib, 0.25),
+                                 cases["if"][1], None)
+    return cases
+
+
+def compare_neuron_launch(launch: fused.NeuronLaunch, device="cpu", T: int = 4, step_shape=(3, 5, 7, 11)) -> dict:
+    """Every neuron kernel under ``launch`` against the default launch: outputs and input gradients
+    bit for bit (each element's arithmetic and dropout draws do not depend on the launch)."""
+    before = fused.neuron_launch()
+    results = {}
+    try:
+        for name, (fast, make_current, steps) in launch_cases(device, T, step_shape).items():
+            base, runs = make_current(), []
+            for block, warps in (fused.DEFAULT_NEURON_LAUNCH, launch):
+                fused.set_neuron_launch(block, warps)
+                runs.append(_fast_run(fast, base, steps, seed=5))
+            results[name] = all(torch.equal(a, b) for a, b in zip(*runs))
+    finally:
+        fused.set_neuron_launch(*before)
+    return results
+
+
 def dropout_statistics(device="cpu", p: float = 0.25, T: int = 20, step_shape=(8, 16, 9, 9)) -> dict:
     """The fused layer's dropout: keep rate and scale, independence across steps and calls, and the
     backward using the forward's mask (recovered from a run that fires everywhere with the same seed).

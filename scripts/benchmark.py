@@ -41,7 +41,8 @@ from qsnn_zoo.data import load_sample, to_tensor
 from qsnn_zoo.layers import fused
 from qsnn_zoo.layers.neurons import SpikingNeuron
 from qsnn_zoo.testing import (
-    LAYER_CHECKS, compare_backends, compare_neuron, layer_check_ok, neuron_cases, relative_error, wake_up,
+    LAYER_CHECKS, compare_backends, compare_neuron, compare_neuron_launch, layer_check_ok, neuron_cases, relative_error,
+    wake_up,
 )
 from qsnn_zoo.train.config import recipe_for, stages_for
 from qsnn_zoo.train.graph import WARMUP_STEPS, GraphedTrainStep
@@ -457,6 +458,12 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
         step = None
         free_memory(device)
     model.load_state_dict(state)
+    if stage and args.neuron_launch:
+        out["neuron_launch"] = sweep_neuron_launch(model, name, device, train_batch, args)
+        differing = {k: v["cases_differing"] for k, v in out["neuron_launch"]["launches"].items()
+                     if v.get("cases_differing")}
+        if differing:
+            out["errors"].append(f"neuron launches changed the kernels' bits: {differing}")
     infer_variants = variants
     for batch in infer_batches:
         out["floors"][f"infer@{batch}"] = floor(count_work(model, batch, device), "infer", ceilings)
@@ -480,6 +487,51 @@ def bench_model(name: str, device: torch.device, args, ceilings: dict) -> dict:
     del model
     free_memory(device)
     return out
+
+
+def launch_name(launch: fused.NeuronLaunch) -> str:
+    return f"{launch[0]}x{launch[1]}"
+
+
+def neuron_launch_arg(text: str) -> fused.NeuronLaunch:
+    """``BLOCKxWARPS`` on the command line, checked as the kernels' setter checks it."""
+    try:
+        block, warps = (int(v) for v in text.lower().split("x"))
+        return fused.check_neuron_launch((block, warps))
+    except ValueError as error:
+        detail = str(error) if "power of two" in str(error) else "expected BLOCKxWARPS"
+        raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}, e.g. 1024x4") from None
+
+
+def sweep_neuron_launch(model: nn.Module, name: str, device: torch.device, batch: int, args) -> dict:
+    """The training step, in the fastest variant the device has, under the default neuron-kernel
+    launch and each of ``args.neuron_launch``; each launch's kernels are checked bit-equal to the
+    default's on the device, since a launch may change speed only."""
+    variant = "fast_bf16_graph" if device.type == "cuda" else "fast"
+    launches = list(dict.fromkeys([fused.DEFAULT_NEURON_LAUNCH, *args.neuron_launch]))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    results: Dict[str, dict] = {}
+    before = fused.neuron_launch()
+    try:
+        for launch in launches:
+            if time.monotonic() > args.deadline:
+                results[launch_name(launch)] = {"skipped": True}
+                continue
+            fused.set_neuron_launch(*launch)
+            model.load_state_dict(state)
+            step, _ = make_train_step(prepare(model, variant), name, variant, device, batch)
+            warm = max(args.warmup, GRAPH_WARMUP_STEPS) if variant.endswith("graph") else args.warmup
+            seconds = median_time(step, device, warm, args.runs)
+            step = None
+            free_memory(device)
+            equal = compare_neuron_launch(launch, device, T=8, step_shape=(16, 32, 17, 17))
+            results[launch_name(launch)] = {"s": seconds, "kernels_equal": all(equal.values()),
+                                            "cases_differing": sorted(k for k, v in equal.items() if not v)}
+            print(f"{name:32s} neuron launch {launch_name(launch):9s} {seconds * 1e3:9.2f} ms", flush=True)
+    finally:
+        fused.set_neuron_launch(*before)
+    model.load_state_dict(state)
+    return {"variant": variant, "launches": results}
 
 
 # ---------------------------------------------------------------- report
@@ -569,6 +621,17 @@ def markdown(report: dict) -> str:
                 continue
             lines.append(f"| {m['model']} | {g['steps']} | {g['weights_equal']} | {g['max_weight_rel_error']:.1e} | "
                          f"{g['losses_graph'] == g['losses_eager']} | {'yes' if g['ok'] else 'no'} |")
+    swept = [m for m in report["models"] if "neuron_launch" in m]
+    if swept:
+        keys = list(dict.fromkeys(k for m in swept for k in m["neuron_launch"]["launches"]))
+        lines += ["", "## Neuron kernels' launch (elements x warps per program): training step, median ms", "",
+                  "Each launch's IF, LIF and TSSL kernels checked bit-equal to the default launch's on the device.", "",
+                  "| model | variant | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for m in swept:
+            row = m["neuron_launch"]["launches"]
+            cells = ["-" if k not in row or row[k].get("skipped") else
+                     _ms(row[k]["s"]) + ("" if row[k]["kernels_equal"] else " (bits differ)") for k in keys]
+            lines.append(f"| {m['model']} | {names[m['neuron_launch']['variant']]} | " + " | ".join(cells) + " |")
     lines += ["", "## Agreement checks on the device", "",
               "| model | spikes differing | output rel. error | predictions agree (fp32) | max grad rel. error | bf16 vs fp32 predictions |",
               "|---|---|---|---|---|---|"]
@@ -611,6 +674,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="seconds; once spent, the remaining variants and models are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--profile", action="store_true", help="kernel time table of the fast bf16 workloads")
+    parser.add_argument("--neuron-launch", type=neuron_launch_arg, nargs="+", default=[], metavar="BLOCKxWARPS",
+                        help="also time each model's training step with the neuron kernels launched at these "
+                             "elements and warps per program (the default, "
+                             f"{launch_name(fused.DEFAULT_NEURON_LAUNCH)}, is timed beside them)")
     parser.add_argument("--checks-only", action="store_true",
                         help="only the fused kernels' checks against their references on the device, exit status 1 "
                              "if one fails: a plan runs this before a long training job")

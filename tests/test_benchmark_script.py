@@ -5,6 +5,8 @@ report must still be complete for what a CPU measures, and hold the model to the
 import json
 from pathlib import Path
 
+import pytest
+
 from _train_helpers import script
 
 
@@ -135,3 +137,24 @@ def test_stages_side_by_side_train_the_weights_they_train_alone(tmp_path, monkey
     assert all(group["weights_equal_alone"].values()), group
     assert stages.children_speedup(report["concurrency"]) is None  # not the cnn7 children: no trio row
     assert "2 stages side by side (alexnet_cifar10_bin_tsslbp" in (tmp_path / "cpu.md").read_text()
+
+
+def test_neuron_launch_sweep_times_each_launch_beside_the_default(tmp_path):
+    benchmark = script("benchmark")
+    code = benchmark.main(["--device", "cpu", "--quick", "--models", "alexnet_cifar10_bin_tsslbp", "--neuron-launch",
+                           "128x1", "--out", str(tmp_path), "--stem", "launch"])
+    assert code == 0
+    sweep = json.loads((tmp_path / "launch.json").read_text())["models"][0]["neuron_launch"]
+    assert list(sweep["launches"]) == ["1024x4", "128x1"]
+    assert all(r["s"] > 0 and r["kernels_equal"] for r in sweep["launches"].values())
+    assert benchmark.fused.neuron_launch() == benchmark.fused.DEFAULT_NEURON_LAUNCH  # restored after the sweep
+    assert "| alexnet_cifar10_bin_tsslbp | fast fp32 |" in (tmp_path / "launch.md").read_text()
+
+
+def test_neuron_launch_that_triton_cannot_take_is_refused_at_parse_time(capsys):
+    benchmark = script("benchmark")
+    for bad in ("1000x4", "1024", "axb"):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(["--device", "cpu", "--neuron-launch", bad])
+        assert exit_info.value.code == 2
+        assert f"--neuron-launch '{bad}'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from qsnn_zoo.layers import fused, neurons
 from qsnn_zoo.layers.neurons import LIFNeuron
 from qsnn_zoo.layers.quant import QuantConv2d, QuantLinear, quantized_modules
 from qsnn_zoo.layers.time import repeat_over_time
-from qsnn_zoo.testing import compare_neuron, layer_check_ok, layer_checks, neuron_cases
+from qsnn_zoo.testing import compare_neuron, compare_neuron_launch, layer_check_ok, layer_checks, neuron_cases
 
 GRAD_RTOL = {"fp32": 1e-5, "bf16": 1e-2}  # bf16: the gradient itself is stored in bf16
 
@@ -192,6 +192,25 @@ def test_lif_bias_declines_what_its_kernel_cannot_take(interpreted):
                                              "piece_off_no_bias": True}
 
 
+LAUNCHES = {"one_warp": (128, 1), "large_blocks": (2048, 8)}
+
+
+@pytest.mark.parametrize("launch", sorted(LAUNCHES))
+def test_neuron_launch_changes_no_bit(interpreted, launch):
+    """Each neuron kernel, and the VGG layer with dropout, gives the default launch's outputs and
+    gradients under another block size (a partial block, several programs): the launch is speed only."""
+    results = interpreted["launch"][launch]
+    assert set(results) == set(neuron_cases()) | {"if_layer_dropout"}
+    assert all(results.values()), results
+
+
+def test_neuron_launch_refuses_what_triton_cannot_launch():
+    for bad in ((1000, 4), (64, 4), (1024, 3), (32768, 16)):
+        with pytest.raises(ValueError, match="power of two"):
+            fused.set_neuron_launch(*bad)
+    assert fused.neuron_launch() == fused.DEFAULT_NEURON_LAUNCH
+
+
 def test_kernels_never_import_the_neurons():
     """The neurons own the choice of backend; the kernels module stands alone (no import circle)."""
     import ast
@@ -213,4 +232,5 @@ if __name__ == "__main__":
         takes["piece_off"] = fused.sum_pool_2x2(inputs["even"], 1.1) is not None
     print(json.dumps({"neurons": neuron_results, "layers": layer_checks(), "sum_pool_takes": takes,
                       "weight_pieces_take": weight_pieces_take(), "shared_mask_takes": shared_mask_takes(),
-                      "lif_bias_takes": lif_bias_takes()}))
+                      "lif_bias_takes": lif_bias_takes(),
+                      "launch": {name: compare_neuron_launch(launch) for name, launch in LAUNCHES.items()}}))

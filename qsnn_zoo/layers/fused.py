@@ -135,6 +135,42 @@ def _grid(n: int):
     return (triton.cdiv(n, BLOCK),)
 
 
+# The neuron kernels' launch: elements per program and warps per program. Each element is walked
+# over T by its own thread and dropout draws are counted per element, so any launch gives the same
+# bits; only the speed differs, by how many loads each SM keeps in flight.
+NeuronLaunch = Tuple[int, int]
+DEFAULT_NEURON_LAUNCH: NeuronLaunch = (BLOCK, 4)
+_neuron_launch: List[NeuronLaunch] = [DEFAULT_NEURON_LAUNCH]
+
+
+def check_neuron_launch(launch: NeuronLaunch) -> NeuronLaunch:
+    """``(block, num_warps)``, or ValueError saying what a launch must be."""
+    block, warps = launch
+    if warps not in (1, 2, 4, 8, 16) or block < 32 * warps or block > 16384 or block & (block - 1):
+        raise ValueError(f"neuron launch {block}x{warps}: num_warps must be 1, 2, 4, 8 or 16 and the block a "
+                         f"power of two from 32 x num_warps to 16384, e.g. 1024x4")
+    return block, warps
+
+
+def set_neuron_launch(block: int, num_warps: int) -> None:
+    """Sets the IF, LIF and TSSL kernels' launch for this process (as timm's setters): a CUDA graph
+    keeps the launch it was captured with. ``scripts/benchmark.py --neuron-launch`` times the choices."""
+    _neuron_launch[0] = check_neuron_launch((block, num_warps))
+
+
+def neuron_launch() -> NeuronLaunch:
+    return _neuron_launch[0]
+
+
+def _neuron_grid(n: int):
+    return (triton.cdiv(n, _neuron_launch[0][0]),)
+
+
+def _neuron_meta() -> dict:
+    block, warps = _neuron_launch[0]
+    return {"BLOCK": block, "num_warps": warps, **_LAUNCH}
+
+
 if triton is not None:
 
     # ------------------------------------------------------------------------ IF, soft reset
@@ -551,10 +587,10 @@ class _IFFunction(torch.autograd.Function):
         if seed is None:  # no dropout: the kernels never read the seed
             seed = v_th
         p_drop, as_bytes = _drop_threshold(dropout)
-        _if_forward_kernel[_grid(n)](current, spikes, potential, init, v_th, shift, v_th.to(current.dtype), b1, b2, n,
-                                     T, stride_t, channels, ch_stride, seed, p_drop, drop_scale,
-                                     HAS_INIT=initial_potential is not None, NUM_BIAS=len(biases),
-                                     DROPOUT=dropout > 0, BYTES=as_bytes, SAVE=save, BLOCK=BLOCK, **_LAUNCH)
+        _if_forward_kernel[_neuron_grid(n)](current, spikes, potential, init, v_th, shift, v_th.to(current.dtype), b1,
+                                            b2, n, T, stride_t, channels, ch_stride, seed, p_drop, drop_scale,
+                                            HAS_INIT=initial_potential is not None, NUM_BIAS=len(biases),
+                                            DROPOUT=dropout > 0, BYTES=as_bytes, SAVE=save, **_neuron_meta())
         ctx.save_for_backward(potential, v_th, seed)
         ctx.constants = (float(alpha), float(dropout), drop_scale)
         ctx.current_dtype = current.dtype
@@ -579,9 +615,9 @@ class _IFFunction(torch.autograd.Function):
         # For a constant input, ``potential`` is only a placeholder: the kernel stores no step.
         grad_current = potential if constant else torch.empty_like(potential, dtype=ctx.current_dtype)
         p_drop, as_bytes = _drop_threshold(dropout)
-        _if_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, grad_sum, v_th, n, T, (T - 1) * n, alpha,
-                                      seed, p_drop, drop_scale, DROPOUT=dropout > 0, BYTES=as_bytes, SUM_T=sum_t,
-                                      STORE_STEPS=not constant, BLOCK=BLOCK, **_LAUNCH)
+        _if_backward_kernel[_neuron_grid(n)](grad_spikes, potential, grad_current, grad_sum, v_th, n, T, (T - 1) * n,
+                                             alpha, seed, p_drop, drop_scale, DROPOUT=dropout > 0, BYTES=as_bytes,
+                                             SUM_T=sum_t, STORE_STEPS=not constant, **_neuron_meta())
         grads = [None, None]
         if bias_grad:
             per_channel = grad_sum.sum(dim=[d for d in range(grad_sum.dim()) if d != 1])
@@ -602,9 +638,9 @@ class _LIFFunction(torch.autograd.Function):
         potential = _empty_steps(slab, T if save else 1, torch.float32)
         channels, ch_stride = (slab.shape[1], slab.stride(1)) if bias is not None else (1, 1)
         b = potential if bias is None else bias.detach().to(current.dtype).contiguous()  # never read without
-        _lif_forward_kernel[_grid(n)](current, b, spikes, potential, n, T, stride_t, channels, ch_stride,
-                                      float(threshold), float(decay), HAS_BIAS=bias is not None, SAVE=save,
-                                      BLOCK=BLOCK, **_LAUNCH)
+        _lif_forward_kernel[_neuron_grid(n)](current, b, spikes, potential, n, T, stride_t, channels, ch_stride,
+                                             float(threshold), float(decay), HAS_BIAS=bias is not None, SAVE=save,
+                                             **_neuron_meta())
         ctx.save_for_backward(potential)
         ctx.constants = (float(threshold), float(decay), float(lens))
         ctx.current_dtype = current.dtype
@@ -625,9 +661,9 @@ class _LIFFunction(torch.autograd.Function):
         constant, bias_grad = ctx.constant_input, ctx.needs_input_grad[5]
         grad_current = torch.empty_like(potential[0] if constant else potential, dtype=ctx.current_dtype)
         grad_sum = torch.empty_like(potential[0]) if bias_grad and not constant else grad_current
-        _lif_backward_kernel[_grid(n)](grad_spikes, potential, grad_current, grad_sum, n, T, (T - 1) * n,
-                                       threshold, decay, lens, SUM_T=constant or bias_grad, STORE_STEPS=not constant,
-                                       BLOCK=BLOCK, **_LAUNCH)
+        _lif_backward_kernel[_neuron_grid(n)](grad_spikes, potential, grad_current, grad_sum, n, T, (T - 1) * n,
+                                              threshold, decay, lens, SUM_T=constant or bias_grad,
+                                              STORE_STEPS=not constant, **_neuron_meta())
         grad_bias = None
         if bias_grad:
             # Rounded to the current's dtype, as autocast's cast of the bias makes PyTorch's gradient.
@@ -649,9 +685,9 @@ class _TSSLFunction(torch.autograd.Function):
         u_pre = _empty_steps(slab, T if save else 1, torch.float32)
         # The reference multiplies by (1 - 1/tau) and divides by tau; dividing an fp32 by a Python
         # scalar on CUDA is done by PyTorch as a multiply by its fp32 reciprocal, as here.
-        _tssl_forward_kernel[_grid(n)](current, psp, spikes, du, u_pre, n, T, stride_t, 1 - 1 / tau_m, 1 / tau_m,
-                                       1 - 1 / tau_s, 1 / tau_s, float(threshold), SAVE=save, BLOCK=BLOCK,
-                                       **_LAUNCH)
+        _tssl_forward_kernel[_neuron_grid(n)](current, psp, spikes, du, u_pre, n, T, stride_t, 1 - 1 / tau_m,
+                                              1 / tau_m, 1 - 1 / tau_s, 1 / tau_s, float(threshold), SAVE=save,
+                                              **_neuron_meta())
         ctx.save_for_backward(du, u_pre)
         ctx.constants = (tau_m, tau_s, float(threshold), float(alpha))
         ctx.current_dtype = current.dtype
@@ -665,9 +701,9 @@ class _TSSLFunction(torch.autograd.Function):
         T, n = du.shape[0], du[0].numel()
         grad_psp = _same_layout(grad_psp, du)
         grad_current = torch.empty_like(du, dtype=ctx.current_dtype)
-        _tssl_backward_kernel[_grid(n)](grad_psp, du, u_pre, grad_current, n, T, (T - 1) * n, 1 / tau_m,
-                                        1 - 1 / tau_s, 1 / tau_s, 1 / (4 * tau_s), threshold, alpha,
-                                        BLOCK=BLOCK, **_LAUNCH)
+        _tssl_backward_kernel[_neuron_grid(n)](grad_psp, du, u_pre, grad_current, n, T, (T - 1) * n, 1 / tau_m,
+                                               1 - 1 / tau_s, 1 / tau_s, 1 / (4 * tau_s), threshold, alpha,
+                                               **_neuron_meta())
         return grad_current, None, None, None, None
 
 
