@@ -7,6 +7,7 @@ after a few layers, which would make a comparison vacuous);
 ``compare_backends`` runs a model with both backends. ``layer_checks`` runs the fused pieces of the
 VGG fast path (IF layer with biases and dropout, 2x2 pooling conv), AlexNet's sum pooling on the same
 pooling kernels, the fused CBP penalty and the one-pass quantizer against their references.
+``compare_neuron_launch`` runs every neuron kernel under another launch against the default one.
 """
 from __future__ import annotations
 
