@@ -12,7 +12,9 @@ import torch
 
 from qsnn_zoo.hub import sha256_of
 from qsnn_zoo.train import checkpoint
-from qsnn_zoo.train.checkpoint import CheckpointError, checksum_path, load_checkpoint, save_checkpoint
+from qsnn_zoo.train.checkpoint import (
+    CheckpointError, CheckpointWriter, checksum_path, load_checkpoint, save_checkpoint,
+)
 
 from _train_helpers import random_parent, script, tiny
 
@@ -152,6 +154,42 @@ def test_a_save_stopped_at_any_rename_leaves_a_checkpoint_that_verifies(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
     save_checkpoint(path, {"epoch": 4})
     assert load_checkpoint(path)["epoch"] == 4
+
+
+def test_background_writer_saves_the_state_as_it_was_when_asked(tmp_path):
+    """The training loop goes on changing its tensors in place while the writer serialises: the file
+    holds them (and the generators) as they were at ``save``, verified as a synchronous save's is."""
+    weights = {"w": torch.arange(6.0), "nested": [torch.ones(2), {"m": torch.zeros(3)}]}
+    writer = CheckpointWriter(tmp_path / "checkpoint.pt")
+    torch.manual_seed(5)
+    writer.save({"model": weights, "epoch": 1})
+    drawn_after = torch.rand(1)
+    weights["w"].add_(100.0)
+    weights["nested"][1]["m"].fill_(7.0)
+    writer.wait()
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert torch.equal(loaded["model"]["w"], torch.arange(6.0)) and torch.equal(loaded["model"]["nested"][1]["m"],
+                                                                                torch.zeros(3))
+    checkpoint.set_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(1), drawn_after)
+    writer.save({"epoch": 2}, wait=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+
+
+def test_background_writer_raises_a_failed_write_in_the_training_thread(tmp_path, monkeypatch):
+    writer = CheckpointWriter(tmp_path / "checkpoint.pt")
+    writer.save({"epoch": 1}, wait=True)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    writer.save({"epoch": 2})
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1  # the last good one stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
 
 
 def test_a_checkpoint_file_is_refused_when_loading_would_run_code(tmp_path):

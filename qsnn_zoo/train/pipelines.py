@@ -5,8 +5,8 @@ calib_convert                     turns the trained VGG16 ANN into the fp32 SNN 
 stbp_cbp, tssl_cbp, calib_cbp     quantize an fp32 parent with CBP.
 
 Every trainable stage runs the same :func:`fit` loop and writes, under ``OUT/NAME/<stage>/``,
-``checkpoint.pt`` (atomically, at most every ``--checkpoint-seconds`` and when the stage stops;
-``--resume``), ``metrics.jsonl``, ``curves.png`` and
+``checkpoint.pt`` (atomically, in the background at most every ``--checkpoint-seconds``, and when the
+stage stops; ``--resume``), ``metrics.jsonl``, ``curves.png`` and
 ``summary.json``; the entry's weights go to ``OUT/NAME/NAME.safetensors``.
 
 Model selection (deliberate difference from docs/method.md §F.1): the original pipelines keep the epoch with
@@ -38,7 +38,7 @@ from ..layers.quant import quantized_modules, weight_codes
 from ..weights import atomic_write, save_weights
 from . import distributed
 from .checkpoint import (
-    CHECKPOINT_NAME, restore_checkpoint, save_checkpoint, seed_everything, use_deterministic_algorithms,
+    CHECKPOINT_NAME, CheckpointWriter, restore_checkpoint, seed_everything, use_deterministic_algorithms,
 )
 from .config import Recipe, RunOptions
 from .data import Augment, DeviceLoader, holdout_split
@@ -226,6 +226,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
     log = MetricsLog(run.stage_dir / METRICS_NAME, start_epoch) if info.is_main else None
     last_epoch = recipe.epochs if not opts.stop_after_epoch else min(recipe.epochs, opts.stop_after_epoch)
     flips = CodeFlips(cbp.layers) if cbp is not None else None
+    writer = CheckpointWriter(checkpoint_path)
     saved_at = time.monotonic()
     for epoch in range(start_epoch, last_epoch):
         started = time.perf_counter()
@@ -256,16 +257,16 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         stopping = epoch + 1 == last_epoch or out_of_time
         if info.is_main:
             log.append(record)
-            # A checkpoint of a VGG16 child is hundreds of MB: written every epoch it would cost a
-            # tenth of a short epoch, so it is written at most every --checkpoint-seconds and when
-            # the run stops; a killed run resumes from the last one.
+            # A checkpoint of a CBP child is hundreds of MB: written every epoch it would cost a
+            # tenth of a short epoch, so it is written at most every --checkpoint-seconds, in the
+            # background, and when the run stops, waited for; a killed run resumes from the last one.
             if stopping or time.monotonic() - saved_at >= opts.checkpoint_seconds:
-                save_checkpoint(checkpoint_path, {
+                writer.save({
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "cbp": cbp.state_dict() if cbp is not None else None,
                     "epoch": epoch + 1, "best": best, "recipe": recipe.to_dict(),
-                })
+                }, wait=stopping)
                 plot_curves(log.records, run.stage_dir / CURVES_NAME, f"{run.name} ({recipe.stage})")
                 saved_at = time.monotonic()
             run.log(_epoch_line(record))
