@@ -199,3 +199,10 @@ def test_a_checkpoint_file_is_refused_when_loading_would_run_code(tmp_path):
         load_checkpoint(path)
     assert not marker.exists()
 
+
+
+def test_checkpoint_benchmark_times_both_writes(capsys):
+    assert script("benchmark_checkpoint").main(["--parameters", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"cpu: 0\.00 GB; save_checkpoint [\d.]+ s; CheckpointWriter\.save returned after [\d.]+ s, "
+                     r"the file written after [\d.]+ s", out), out
