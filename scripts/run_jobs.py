@@ -5,7 +5,8 @@ A plan is JSON: ``{"parallel": N, "jobs": [{"name": ..., "argv": [...], "after":
 ``{key}`` in an argument is replaced by ``--set key=value`` (and ``{python}`` by this Python, so
 ``["{python}", "scripts/quantize_cbp.py", ...]`` runs a sibling script). A job starts once every
 job in its ``after`` list has exited 0 and every job in its ``wait_for`` list has ended, however;
-a job whose ``after`` prerequisite failed is skipped. With
+a job whose ``after`` prerequisite failed is skipped. ``--leave-out A,B`` runs the plan without
+jobs A and B and the jobs that need them (``after``), e.g. one child of a plan that trains two. With
 ``--gpus 0,1,2,3`` each running job gets one of those GPUs alone (``CUDA_VISIBLE_DEVICES``), one
 job a GPU; without it, jobs share the machine's GPU (start CUDA MPS first to let small jobs run
 side by side rather than time-slice).
@@ -52,13 +53,26 @@ def load_plan(path: Path, values: Dict[str, str]) -> dict:
     return plan
 
 
+def left_out(plan: dict, names: List[str]) -> List[str]:
+    """``names`` and every job that needs one of them (``after``), transitively, in plan order."""
+    out = set(names)
+    grew = True
+    while grew:
+        needing = {job["name"] for job in plan["jobs"] if out & set(job.get("after", []))}
+        grew = not needing <= out
+        out |= needing
+    return [job["name"] for job in plan["jobs"] if job["name"] in out]
+
+
 class Runner:
-    def __init__(self, plan: dict, out: Path, gpus: Optional[List[str]]) -> None:
+    def __init__(self, plan: dict, out: Path, gpus: Optional[List[str]], leave_out: List[str] = ()) -> None:
         self.jobs = {job["name"]: job for job in plan["jobs"]}
         self.parallel = len(gpus) if gpus else int(plan.get("parallel", 1))
         self.free_gpus = list(gpus or [])
         self.out = out
         self.status: Dict[str, dict] = {name: {"state": "waiting"} for name in self.jobs}
+        for name in left_out(plan, list(leave_out)):
+            self.status[name] = {"state": "left out"}
         self.running: Dict[str, subprocess.Popen] = {}
 
     def _ready(self, name: str) -> Optional[bool]:
@@ -67,7 +81,7 @@ class Runner:
         if any(s["state"] == "skipped" or s.get("returncode") not in (None, 0) for s in needed):
             return False
         waited = [self.status[dep] for dep in self.jobs[name].get("wait_for", [])]
-        return True if all(s["state"] in ("done", "skipped") for s in needed + waited) else None
+        return True if all(s["state"] in ("done", "skipped", "left out") for s in needed + waited) else None
 
     def _start(self, name: str) -> None:
         env = dict(os.environ)
@@ -128,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="value of {KEY} in the plan")
     parser.add_argument("--gpus", default="", help="comma-separated GPU indices: one job per GPU at a time")
+    parser.add_argument("--leave-out", default="", metavar="A,B",
+                        help="comma-separated jobs to run the plan without, with the jobs that need them")
     args = parser.parse_args(argv)
     bad = [item for item in args.set if "=" not in item]
     if bad:
@@ -136,9 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan = load_plan(args.plan, dict(item.split("=", 1) for item in args.set))
     except (OSError, ValueError) as err:
         parser.error(str(err))
+    leave_out = [name for name in args.leave_out.split(",") if name]
+    unknown = sorted(set(leave_out) - {job["name"] for job in plan["jobs"]})
+    if unknown:
+        parser.error(f"--leave-out names jobs the plan does not have: {unknown}; its jobs are "
+                     f"{[job['name'] for job in plan['jobs']]}")
     gpus = [g for g in args.gpus.split(",") if g] or None
     exit_on_sigterm()  # a stopped runner passes SIGTERM on to its jobs, which stop at a clean point
-    return Runner(plan, args.out, gpus).run()
+    return Runner(plan, args.out, gpus, leave_out).run()
 
 
 if __name__ == "__main__":

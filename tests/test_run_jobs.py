@@ -39,6 +39,27 @@ def test_jobs_run_in_order_skip_after_failure_and_log(tmp_path):
     assert status["cleanup"]["returncode"] == 0 and status["cleanup"]["started"] >= status["second"]["ended"]
 
 
+def test_left_out_jobs_and_what_needs_them_do_not_run_nor_fail_the_plan(tmp_path, capsys):
+    run_jobs = script("run_jobs")
+    plan = _plan(tmp_path, [
+        _job("parent", PRINT_ENV),
+        _job("bin_child", PRINT_ENV, ["parent"]),
+        _job("ter_child", PRINT_ENV, ["parent"]),
+        _job("ter_eval", PRINT_ENV, ["ter_child"]),
+        _job("ter_report", PRINT_ENV, ["ter_eval"]),
+        {**_job("bench", PRINT_ENV), "wait_for": ["bin_child", "ter_eval"]},
+    ], parallel=2)
+    out = tmp_path / "out"
+    assert run_jobs.main([str(plan), "--out", str(out), "--leave-out", "ter_child"]) == 0
+    status = json.loads((out / "jobs.json").read_text())
+    assert {n for n, s in status.items() if s["state"] == "left out"} == {"ter_child", "ter_eval", "ter_report"}
+    assert all(status[n]["returncode"] == 0 for n in ("parent", "bin_child", "bench"))
+    assert not (out / "logs" / "ter_child.log").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_jobs.main([str(plan), "--out", str(out), "--leave-out", "quad_child"])
+    assert exit_info.value.code == 2 and "'quad_child'" in capsys.readouterr().err
+
+
 def test_each_job_gets_its_own_gpu_and_jobs_overlap(tmp_path):
     run_jobs = script("run_jobs")
     plan = _plan(tmp_path, [_job(f"j{i}", PRINT_ENV) for i in range(3)])
