@@ -127,10 +127,11 @@ class CheckpointWriter:
     """:func:`save_checkpoint` with the serialising and hashing in a background thread.
 
     A CBP checkpoint holds the weights, the multipliers and both optimizers' state (0.5 GB for AlexNet):
-    written in the training loop, its ``torch.save``, sha256 and plot took 1.5-2 s every minute, about
-    3 % of an AlexNet child's wall time (benchmarks/README.md). ``save`` copies the state to the CPU
-    (with the random generators' states, taken now) and returns; one write runs at a time, so the next
-    ``save`` and ``wait`` first finish the one before, and a failed write raises there."""
+    its ``torch.save``, sha256 and rename took 1.5 s on the development CPU
+    (benchmarks/checkpoint_write_cpu.txt), which the training loop paid at every write, once a minute.
+    ``save`` copies the state to the CPU (with the random generators' states, taken now) and returns;
+    one write runs at a time, so the next ``save`` and ``wait`` first finish the one before, and a
+    failed write raises there."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -140,11 +141,12 @@ class CheckpointWriter:
     def save(self, state: Dict[str, Any], wait: bool = False) -> None:
         """Writes ``state`` as it is now; with ``wait``, returns only when it is on disk."""
         self.wait()
+        if wait:
+            save_checkpoint(self.path, state)
+            return
         snapshot = _on_cpu(dict(state, rng=rng_state()))
         self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer")
         self._thread.start()
-        if wait:
-            self.wait()
 
     def _write(self, snapshot: Dict[str, Any]) -> None:
         try:
