@@ -503,6 +503,16 @@ def neuron_launch_arg(text: str) -> fused.NeuronLaunch:
         raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}, e.g. 1024x4") from None
 
 
+def launch_equality(launch: fused.NeuronLaunch, device: torch.device) -> dict:
+    """Whether ``launch``'s kernels give the default launch's bits on ``device``; None where no neuron
+    kernel runs there (the CPU without Triton's interpreter), since the reference path would agree
+    with itself whatever the launch."""
+    if not fused.triton_enabled(torch.empty(0, device=device)):
+        return {"kernels_equal": None, "cases_differing": []}
+    equal = compare_neuron_launch(launch, device, T=8, step_shape=(16, 32, 17, 17))
+    return {"kernels_equal": all(equal.values()), "cases_differing": sorted(k for k, v in equal.items() if not v)}
+
+
 def sweep_neuron_launch(model: nn.Module, name: str, device: torch.device, batch: int, args) -> dict:
     """The training step, in the fastest variant the device has, under the default neuron-kernel
     launch and each of ``args.neuron_launch``; each launch's kernels are checked bit-equal to the
@@ -524,9 +534,7 @@ def sweep_neuron_launch(model: nn.Module, name: str, device: torch.device, batch
             seconds = median_time(step, device, warm, args.runs)
             step = None
             free_memory(device)
-            equal = compare_neuron_launch(launch, device, T=8, step_shape=(16, 32, 17, 17))
-            results[launch_name(launch)] = {"s": seconds, "kernels_equal": all(equal.values()),
-                                            "cases_differing": sorted(k for k, v in equal.items() if not v)}
+            results[launch_name(launch)] = {"s": seconds, **launch_equality(launch, device)}
             print(f"{name:32s} neuron launch {launch_name(launch):9s} {seconds * 1e3:9.2f} ms", flush=True)
     finally:
         fused.set_neuron_launch(*before)
@@ -624,13 +632,16 @@ def markdown(report: dict) -> str:
     swept = [m for m in report["models"] if "neuron_launch" in m]
     if swept:
         keys = list(dict.fromkeys(k for m in swept for k in m["neuron_launch"]["launches"]))
+        checked = all(r.get("kernels_equal") is not None for m in swept for r in m["neuron_launch"]["launches"].values()
+                      if not r.get("skipped"))
         lines += ["", "## Neuron kernels' launch (elements x warps per program): training step, median ms", "",
-                  "Each launch's IF, LIF and TSSL kernels checked bit-equal to the default launch's on the device.", "",
+                  "Each launch's IF, LIF and TSSL kernels checked bit-equal to the default launch's on the device."
+                  if checked else "Bits not checked: no neuron kernel runs on this device.", "",
                   "| model | variant | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
         for m in swept:
             row = m["neuron_launch"]["launches"]
             cells = ["-" if k not in row or row[k].get("skipped") else
-                     _ms(row[k]["s"]) + ("" if row[k]["kernels_equal"] else " (bits differ)") for k in keys]
+                     _ms(row[k]["s"]) + (" (bits differ)" if row[k]["kernels_equal"] is False else "") for k in keys]
             lines.append(f"| {m['model']} | {names[m['neuron_launch']['variant']]} | " + " | ".join(cells) + " |")
     lines += ["", "## Agreement checks on the device", "",
               "| model | spikes differing | output rel. error | predictions agree (fp32) | max grad rel. error | bf16 vs fp32 predictions |",

@@ -146,9 +146,13 @@ def test_neuron_launch_sweep_times_each_launch_beside_the_default(tmp_path):
     assert code == 0
     sweep = json.loads((tmp_path / "launch.json").read_text())["models"][0]["neuron_launch"]
     assert list(sweep["launches"]) == ["1024x4", "128x1"]
-    assert all(r["s"] > 0 and r["kernels_equal"] for r in sweep["launches"].values())
+    assert all(r["s"] > 0 for r in sweep["launches"].values())
+    # No kernel runs on the CPU, so the bits are reported as not checked rather than as equal; the
+    # interpreter test in test_fused.py checks them.
+    assert all(r["kernels_equal"] is None for r in sweep["launches"].values())
     assert benchmark.fused.neuron_launch() == benchmark.fused.DEFAULT_NEURON_LAUNCH  # restored after the sweep
-    assert "| alexnet_cifar10_bin_tsslbp | fast fp32 |" in (tmp_path / "launch.md").read_text()
+    text = (tmp_path / "launch.md").read_text()
+    assert "| alexnet_cifar10_bin_tsslbp | fast fp32 |" in text and "Bits not checked" in text
 
 
 def test_neuron_launch_that_triton_cannot_take_is_refused_at_parse_time(capsys):
