@@ -73,14 +73,18 @@ def test_tsslbp_pipeline(tmp_path):
     assert torch.equal(model.conv1.weight, parent.conv1.weight) and torch.equal(model.fc3.weight, parent.fc3.weight)
 
 
-def test_stbp_pipeline(tmp_path):
+def test_stbp_pipeline(tmp_path, monkeypatch):
     from qsnn_zoo.layers import fused
+    from qsnn_zoo.train import pipelines
 
     flags = tiny(tmp_path, images=10, batch=10)
     assert script("train_fp32").main(["cnn7_cifar10_fp32_stbp", *flags]) == 0
-    with fused.pieces_disabled():  # restores the switches that --fused-off turns for the process
-        assert script("quantize_cbp").main(["cnn7_cifar10_bin_stbp", *flags, "--fused-off", "lif_bias,pool"]) == 0
-        assert {"lif_bias", "pool"} <= fused.disabled_pieces()
+    off_while_fitting = []
+    fit = pipelines.fit
+    monkeypatch.setattr(pipelines, "fit", lambda *a, **k: off_while_fitting.append(fused.disabled_pieces()) or fit(*a, **k))
+    assert script("quantize_cbp").main(["cnn7_cifar10_bin_stbp", *flags, "--fused-off", "lif_bias,pool"]) == 0
+    assert off_while_fitting == [{"lif_bias", "pool"}]  # off for the stage ...
+    assert fused.disabled_pieces() == frozenset()  # ... and back on after it
     _, summary = _check_outputs(tmp_path, "cnn7_cifar10_bin_stbp", "stbp_cbp")
     assert summary["recipe"]["grad_clip"] == "value" and summary["recipe"]["lr"] == 5e-3
     assert summary["options"]["fused_off"] == ["lif_bias", "pool"]

@@ -522,9 +522,9 @@ def run_stage(name: str, recipe: Recipe, options: RunOptions, deadline: Optional
     trained stage stops at the last epoch boundary before ``deadline`` (``time.monotonic()``)."""
     if options.deterministic:
         use_deterministic_algorithms()
-    for piece in options.fused_off:  # a process-wide switch, as the benchmark's after a failed check
-        fused.set_piece_enabled(piece, False)
     device = distributed.pick_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
     options = replace(options, backend=options.backend or ("fast" if device.type == "cuda" else "reference"))
     info = distributed.init_distributed(device)
-    return STAGE_FUNCTIONS[recipe.stage](Run(name, recipe, options, device, info, deadline))
+    # Only for this stage: a caller that runs several stages in one process (reproduce.py) gives each its own.
+    with fused.pieces_disabled(*options.fused_off):
+        return STAGE_FUNCTIONS[recipe.stage](Run(name, recipe, options, device, info, deadline))
