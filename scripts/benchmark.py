@@ -500,7 +500,7 @@ def neuron_launch_arg(text: str) -> fused.NeuronLaunch:
         return fused.check_neuron_launch((block, warps))
     except ValueError as error:
         detail = str(error) if "power of two" in str(error) else "expected BLOCKxWARPS"
-        raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}, e.g. 1024x4") from None
+        raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}, e.g. 1024x8") from None
 
 
 def launch_equality(launch: fused.NeuronLaunch, device: torch.device) -> dict:

@@ -145,7 +145,7 @@ def test_neuron_launch_sweep_times_each_launch_beside_the_default(tmp_path):
                            "128x1", "--out", str(tmp_path), "--stem", "launch"])
     assert code == 0
     sweep = json.loads((tmp_path / "launch.json").read_text())["models"][0]["neuron_launch"]
-    assert list(sweep["launches"]) == ["1024x4", "128x1"]
+    assert list(sweep["launches"]) == ["1024x8", "128x1"]
     assert all(r["s"] > 0 for r in sweep["launches"].values())
     # No kernel runs on the CPU, so the bits are reported as not checked rather than as equal; the
     # interpreter test in test_fused.py checks them.
