@@ -67,6 +67,40 @@ def test_time_budget_stops_at_an_epoch_boundary_and_resumes_to_the_same_result(t
     assert 0 <= records[-1]["code_flips_last"] <= 1 and len(records[-1]["firing_rates"]) == 18  # 13 convs + 5 pools
 
 
+class _Killed(BaseException):
+    """The process ending right after a checkpoint reached the disk (not an Exception: nothing catches it)."""
+
+
+def test_run_killed_after_a_background_checkpoint_resumes_to_the_same_result(tmp_path, parent, whole_run, monkeypatch):
+    """The checkpoint written in the background (the training state copied to the CPU: optimizer,
+    schedule, CBP's multipliers, generators) resumes as the synchronous one does: the first epoch's is
+    written by the writer's thread, the run dies once it is on disk, and --resume ends with the
+    uninterrupted run's weights and log."""
+    from qsnn_zoo.train.checkpoint import CheckpointWriter
+
+    save = CheckpointWriter.save
+    backgrounds = []
+
+    def save_then_die(self, state, wait=False):
+        save(self, state, wait=wait)
+        if not wait:
+            backgrounds.append(state["epoch"])
+            self.wait()
+            raise _Killed
+
+    monkeypatch.setattr(CheckpointWriter, "save", save_then_die)
+    with pytest.raises(_Killed):
+        _run(tmp_path / "split", parent, "--checkpoint-seconds", "0")
+    monkeypatch.undo()
+    assert backgrounds == [1]  # written after the first epoch, in the background
+    _run(tmp_path / "split", parent, "--resume")
+    whole, split = whole_run / NAME, tmp_path / "split" / NAME
+    (state, _), (resumed, _) = (read_state(d / f"{NAME}.safetensors") for d in (whole, split))
+    assert state.keys() == resumed.keys() and all(torch.equal(state[k], resumed[k]) for k in state)
+    records = _without_timing(read_metrics(split / "calib_cbp" / "metrics.jsonl"))
+    assert records == _without_timing(read_metrics(whole / "calib_cbp" / "metrics.jsonl"))
+
+
 def test_constant_lr_run_stopped_early_finishes_as_the_shorter_run(tmp_path, parent):
     """How a GPU run is cut short when its time is up: stop a 3-epoch CBP run after epoch 1, then
     ``--epochs 1 --resume`` publishes exactly what ``--epochs 1`` would have (CBP's lr is constant and
