@@ -1,6 +1,6 @@
 """Time of writing a CBP child's resumable checkpoint in the training loop and in the background.
 
-A CBP AlexNet checkpoint holds 21.2 M latent weights, as many multipliers and both AdamW states, about
+A CBP AlexNet checkpoint holds 21.1 M latent weights, as many multipliers and both AdamW states, about
 0.5 GB. ``save_checkpoint`` (``torch.save``, sha256, rename) is what the loop paid every
 ``--checkpoint-seconds``; ``CheckpointWriter.save`` returns once the state is copied to the CPU and
 writes it in a thread. The state is built on ``--device``, so on a GPU the copy is the device-to-host one.
@@ -20,7 +20,7 @@ import torch
 
 from qsnn_zoo.train.checkpoint import CheckpointWriter, save_checkpoint
 
-PARAMETERS = 21_200_000  # the CBP AlexNet's latent weights; as many multipliers
+PARAMETERS = 21_200_000  # the CBP AlexNet's 21,143,552 latent weights (conv2-fc2), rounded up; as many multipliers
 
 
 def cbp_sized_state(device: torch.device, parameters: int = PARAMETERS) -> dict:
