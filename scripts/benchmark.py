@@ -515,8 +515,8 @@ def launch_equality(launch: fused.NeuronLaunch, device: torch.device) -> dict:
 
 def sweep_neuron_launch(model: nn.Module, name: str, device: torch.device, batch: int, args) -> dict:
     """The training step, in the fastest variant the device has, under the default neuron-kernel
-    launch and each of ``args.neuron_launch``; each launch's kernels are checked bit-equal to the
-    default's on the device, since a launch may change speed only."""
+    launch and each of ``args.neuron_launch``; where the kernels run, each launch's are checked
+    bit-equal to the default's on the device, since a launch may change speed only."""
     variant = "fast_bf16_graph" if device.type == "cuda" else "fast"
     launches = list(dict.fromkeys([fused.DEFAULT_NEURON_LAUNCH, *args.neuron_launch]))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

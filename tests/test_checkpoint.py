@@ -200,7 +200,6 @@ def test_a_checkpoint_file_is_refused_when_loading_would_run_code(tmp_path):
     assert not marker.exists()
 
 
-
 def test_checkpoint_benchmark_times_both_writes(capsys):
     assert script("benchmark_checkpoint").main(["--parameters", "1000"]) == 0
     out = capsys.readouterr().out
