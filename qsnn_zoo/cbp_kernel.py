@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch.autograd.graph import increment_version
 
-from .layers.fused import _LAUNCH, BLOCK, _grid, dense_layout, piece_enabled, triton
+from .layers.fused import BLOCK, EXACT_ARITHMETIC, dense_layout, grid_1d, piece_enabled, triton
 
 if triton is not None:
     import triton.language as tl
@@ -100,8 +100,8 @@ class _PenaltyFunction(torch.autograd.Function):
         n = weight.numel()
         partial = torch.empty(triton.cdiv(n, BLOCK), dtype=torch.float32, device=weight.device)
         s = scale.detach().to(torch.float32).reshape(1)
-        _penalty_forward_kernel[_grid(n)](weight, multiplier, s, partial, n, u, TERNARY=ternary, BLOCK=BLOCK,
-                                          **_LAUNCH)
+        _penalty_forward_kernel[grid_1d(n)](weight, multiplier, s, partial, n, u, TERNARY=ternary, BLOCK=BLOCK,
+                                          **EXACT_ARITHMETIC)
         ctx.save_for_backward(weight, multiplier, s)
         ctx.constants = (ternary, u)
         return partial.sum()
@@ -111,9 +111,9 @@ class _PenaltyFunction(torch.autograd.Function):
         weight, multiplier, s = ctx.saved_tensors
         ternary, u = ctx.constants
         grad_w = torch.empty_like(weight)  # a dense weight's strides, kept
-        _penalty_backward_kernel[_grid(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
+        _penalty_backward_kernel[grid_1d(weight.numel())](weight, multiplier, s, grad_out.detach().float().reshape(1),
                                                         grad_w, weight.numel(), u, TERNARY=ternary, BLOCK=BLOCK,
-                                                        **_LAUNCH)
+                                                        **EXACT_ARITHMETIC)
         return grad_w, None, None, None, None
 
 
@@ -185,10 +185,10 @@ def sgd_weight_step(layers: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             grad = torch.empty_like(weight).copy_(grad)
         s = scale.detach().to(torch.float32).reshape(1)
         with torch.no_grad():
-            _sgd_weight_step_kernel[_grid(weight.numel())](
+            _sgd_weight_step_kernel[grid_1d(weight.numel())](
                 weight, lam.detach(), s, weight if grad is None else grad, state["momentum_buffer"], weight.numel(),
                 float(u), float(group["lr"]), float(group["weight_decay"]), float(group["momentum"]), float(clip),
                 float(bound), TERNARY=mode == "ter", HAS_GRAD=grad is not None, DECAY=group["weight_decay"] != 0,
-                FIRST=first, BLOCK=BLOCK, **_LAUNCH)
+                FIRST=first, BLOCK=BLOCK, **EXACT_ARITHMETIC)
         increment_version(weight)  # an in-place update, as the optimizer's: Q(W) caches key on versions
         weight.grad = None

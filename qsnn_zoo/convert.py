@@ -227,7 +227,6 @@ def convert_ann_to_snn(
     T: int = 32,
     calib: str = "light",
     bias_batch: Optional[Batch] = None,
-    momentum: float = 0.9,
 ) -> SpikingVGG:
     """ANN -> SNN in place: fold BN, search thresholds on ``calib_batches``, light-calibrate.
 
@@ -242,7 +241,7 @@ def convert_ann_to_snn(
     batches = list(calib_batches)
     fold_bn_(model)
     set_time_steps_(model, T)
-    search_thresholds(model, batches, T, calib=calib, momentum=momentum)
+    search_thresholds(model, batches, T, calib=calib)
     if calib == "light":
         light_calibrate_(model, batches[0] if bias_batch is None else bias_batch)
     return model.set_mode("snn")

@@ -1,8 +1,9 @@
 """CIFAR images as uint8 arrays, from the layouts users have, with clear errors for the rest.
 
 Readers return :class:`ImageSet`: ``images`` uint8 ``[N, 32, 32, 3]`` (NHWC, RGB), ``labels``
-int64 ``[N]``, and ``lossless`` (bool ``[N]``) when the source says which rows are lossless (the
-offline ``.npz`` bundle; see ``shared/data/cifar10/README.md``), else ``None``.
+int64 ``[N]``, and ``lossless`` (bool ``[N]``) when the source says which rows are lossless, else
+``None``: the offline ``.npz`` bundle marks the rows that hold the canonical images, the others being
+JPEG recompressions of them, so accuracy on the lossless rows estimates canonical test accuracy.
 
 Layouts:
 - the ``.npz`` bundle: ``train-0.npz`` ... ``train-4.npz`` and ``test.npz`` in one directory;

@@ -1,6 +1,6 @@
 """SIGTERM as a clean exit, for the ``qsnn-zoo`` command and the training scripts alike.
 
-Runs are stopped with kill/pkill (runs/finish_at_last_epoch.sh, schedulers, torchrun). Python's
+Runs are stopped with kill (scripts/run_jobs.py, schedulers, torchrun). Python's
 default for SIGTERM ends the process on the spot, leaving a file that was being written as a hidden
 temporary file (a checkpoint of hundreds of MB, an export of tens) beside the intact previous one;
 raising SystemExit instead unwinds the stack, so the atomic write removes it.

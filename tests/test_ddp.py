@@ -3,8 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from _train_helpers import REPO, random_parent, tiny
 
 

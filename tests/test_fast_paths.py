@@ -7,7 +7,6 @@ interpreter in one child process. Every test first makes each layer of the rando
 from __future__ import annotations
 
 import json
-import os
 from unittest import mock
 
 import pytest

@@ -37,7 +37,7 @@ BLOCK = 1024
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Triton contracts a*b + c into one fused multiply-add by default, which rounds differently from
 # PyTorch's separate operations and would flip spikes that sit exactly at threshold.
-_LAUNCH = {"enable_fp_fusion": False}
+EXACT_ARITHMETIC = {"enable_fp_fusion": False}
 
 
 PIECES = ("if_layer", "pool", "penalty", "quantize", "weight_step", "shared_mask", "lif_bias")
@@ -131,15 +131,15 @@ def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out.copy_(t)
 
 
-def _grid(n: int):
+def grid_1d(n: int):
     return (triton.cdiv(n, BLOCK),)
 
 
 # The neuron kernels' launch: elements per program and warps per program. Each element is walked
-# over T by its own thread and dropout draws are counted per element, so any launch gives the same
-# bits; only the speed differs, by how many loads each SM keeps in flight. Eight warps (four elements
-# a thread) took 2 % off both VGG16's and cnn7's bf16 graph step against four on one H200
-# (benchmarks/h200_neuron_launch.md).
+# over T by one thread (a thread walks elements / (32 x warps) of them) and dropout draws are counted
+# per element, so any launch gives the same bits; only the speed differs, by how many loads each SM
+# keeps in flight. Eight warps (four elements a thread) took 2 % off both VGG16's and cnn7's bf16
+# graph step against four on one H200 (benchmarks/h200_neuron_launch.md).
 NeuronLaunch = Tuple[int, int]
 DEFAULT_NEURON_LAUNCH: NeuronLaunch = (BLOCK, 8)
 _neuron_launch: List[NeuronLaunch] = [DEFAULT_NEURON_LAUNCH]
@@ -170,7 +170,7 @@ def _neuron_grid(n: int):
 
 def _neuron_meta() -> dict:
     block, warps = _neuron_launch[0]
-    return {"BLOCK": block, "num_warps": warps, **_LAUNCH}
+    return {"BLOCK": block, "num_warps": warps, **EXACT_ARITHMETIC}
 
 
 if triton is not None:
@@ -731,7 +731,7 @@ def _pool_launch(x: torch.Tensor, out: torch.Tensor):
         pix, cb = _row_block(C)
         grid = (triton.cdiv(out.numel() // C, pix), triton.cdiv(C, cb))
     else:
-        cb, pix, grid = 1, BLOCK, _grid(out.numel())
+        cb, pix, grid = 1, BLOCK, grid_1d(out.numel())
     args = (out.numel(), C, out.shape[2], out.shape[3], *x.stride())
     flags = {"CHANNELS_LAST": channels_last, "WIDE": x.numel() >= INT32_ELEMENTS, "PIX": pix, "CB": cb}
     return grid, args, flags
@@ -744,7 +744,7 @@ class _AvgPoolConvFunction(torch.autograd.Function):
         out = torch.empty((B, C, H // 2, W // 2), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
         w = weight.detach().to(torch.float32).reshape(C, 4).t().contiguous()  # [4, C]: a tap's row is contiguous
         grid, args, flags = _pool_launch(x, out)
-        _pool_forward_kernel[grid](x, w, out, *args, GATE=gate, **flags, **_LAUNCH)
+        _pool_forward_kernel[grid](x, w, out, *args, GATE=gate, **flags, **EXACT_ARITHMETIC)
         # The gate needs the pooled current in the backward: a quarter of the input's size.
         ctx.save_for_backward(w, out if gate else w)
         ctx.gate = gate
@@ -758,7 +758,7 @@ class _AvgPoolConvFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous(memory_format=memory_format)
         grad_x = torch.empty(shape, dtype=dtype, device=grad_out.device, memory_format=memory_format)
         grid, args, flags = _pool_launch(grad_x, grad_out)
-        _pool_backward_kernel[grid](grad_out, out, w, grad_x, *args, GATE=ctx.gate, **flags, **_LAUNCH)
+        _pool_backward_kernel[grid](grad_out, out, w, grad_x, *args, GATE=ctx.gate, **flags, **EXACT_ARITHMETIC)
         return grad_x, None, None
 
 
@@ -854,7 +854,7 @@ def _shared_mask_multiply(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)  # dense, so its strides are x's
     grid = (triton.cdiv(x.numel() // D, rows), triton.cdiv(D, cols))
     _shared_mask_kernel[grid](x, keep, out, x.numel() // D, D, *sizes[1:4], *strides[:4], SD, ROWS=rows, COLS=cols,
-                              **_LAUNCH)
+                              **EXACT_ARITHMETIC)
     return out
 
 
@@ -892,7 +892,7 @@ def shared_mask_multiply(x: torch.Tensor, keep: torch.Tensor) -> Optional[torch.
 def avg_pool_conv(x: torch.Tensor, weight: torch.Tensor, gate: bool = False) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=2, groups=C)`` for SNN-Calibration's 2x2 AvgPoolConv (``weight``
     ``[C, 1, 2, 2]``, frozen) as one elementwise pass instead of cuDNN's slow grouped kernel; with
-    ``gate``, ``F.relu`` of it (:func:`qsnn_zoo.models.vgg.gated_pool`).
+    ``gate``, ``F.relu`` of it (the ``gate`` of :class:`qsnn_zoo.models.vgg.VGGLayer`).
 
     The kernel sums the four taps in a fixed order, so it equals the convolution within rounding;
     exactly when a channel's four weights are equal and its inputs are spikes of one value (the
@@ -945,8 +945,8 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, mode: str, dtype:
         return None
     q = torch.empty_like(weight, dtype=dtype)  # a dense weight's strides, kept
     s = scale.detach().to(device=weight.device, dtype=torch.float32).reshape(1)
-    _quantize_kernel[_grid(weight.numel())](weight, s, q, weight.numel(), TERNARY=mode == "ter", BLOCK=BLOCK,
-                                            **_LAUNCH)
+    _quantize_kernel[grid_1d(weight.numel())](weight, s, q, weight.numel(), TERNARY=mode == "ter", BLOCK=BLOCK,
+                                            **EXACT_ARITHMETIC)
     return q
 
 

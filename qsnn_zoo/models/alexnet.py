@@ -16,7 +16,7 @@ from torch import nn
 from .._builder import build_model
 from .._registry import WEIGHT_KINDS, ModelEntry, NeuronSpec, QuantSpec, register_model
 from ..layers.neurons import TSSLNeuron, psp_filter
-from ..layers.quant import make_conv2d, make_linear
+from ..layers.quant import is_quantized, make_conv2d, make_linear
 from ..layers.time import over_time
 from ._base import SpikingModel
 from ._common import BITS_WORD, CIFAR10_STATS, TSSLBP_CLAIMS, citation, default_recipe
@@ -112,7 +112,7 @@ class TSSLAlexNet(SpikingModel):
         for name, *_ in FCS:
             nn.init.kaiming_normal_(getattr(self, name).weight, mode="fan_in", nonlinearity="relu")
         for module in self.modules():
-            if hasattr(module, "init_scale_"):
+            if is_quantized(module):
                 module.init_scale_()
 
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:

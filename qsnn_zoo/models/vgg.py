@@ -106,7 +106,7 @@ class VGGLayer(nn.Module):
         return self.dropout(spikes)
 
 
-def avg_pool_conv(channels: int) -> nn.Conv2d:
+def make_avg_pool_conv(channels: int) -> nn.Conv2d:
     """SNN-Calibration's AvgPoolConv: depthwise 2x2 stride-2 conv with frozen weights 1/4."""
     conv = nn.Conv2d(channels, channels, kernel_size=2, stride=2, groups=channels, bias=False)
     nn.init.constant_(conv.weight, 0.25)
@@ -139,7 +139,7 @@ class SpikingVGG(SpikingModel):
         in_channels, size = 3, 32
         for width in cfg:
             if width == "M":
-                conv, norm, drop = avg_pool_conv(in_channels), nn.Identity(), 0.0
+                conv, norm, drop = make_avg_pool_conv(in_channels), nn.Identity(), 0.0
                 size //= 2
             else:
                 first = not layers
@@ -178,7 +178,7 @@ class SpikingVGG(SpikingModel):
             if not layer.is_pool:
                 n = layer.conv.kernel_size[0] * layer.conv.kernel_size[1] * layer.conv.out_channels
                 nn.init.normal_(layer.conv.weight, 0.0, math.sqrt(2.0 / n))
-                if hasattr(layer.conv, "init_scale_"):
+                if is_quantized(layer.conv):
                     layer.conv.init_scale_()
         nn.init.normal_(self.classifier.weight, 0.0, 1.0 / self.classifier.in_features)
         nn.init.zeros_(self.classifier.bias)

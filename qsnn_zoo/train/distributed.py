@@ -17,7 +17,6 @@ from torch import nn
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -28,15 +27,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``requested`` ("cuda", "cuda:N", "cpu"), or cuda when available; each rank takes its local GPU."""
+def pick_device(requested: str) -> torch.device:
+    """``requested`` ("cuda", "cuda:N", "cpu"), or cuda when available; each of torchrun's ranks takes
+    its local GPU (``LOCAL_RANK``)."""
     if not requested:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
         if requested == "cuda":
-            return torch.device("cuda", local_rank)
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(requested)
 
 
@@ -45,7 +45,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(int(os.environ["RANK"]), world_size)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

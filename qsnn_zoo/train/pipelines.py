@@ -17,7 +17,6 @@ the test set is only ever measured, never used to choose.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -358,14 +357,9 @@ def _train_from_scratch(run: Run, **overrides: Any) -> nn.Module:
     return fit(run, model, load_data(run), cbp_enabled=False)
 
 
-def stbp_fp32(run: Run) -> Optional[Path]:
-    """docs/method.md §D.3: STBP training of the 7-conv-3-FC LIF network."""
-    model = _train_from_scratch(run)
-    return publish(run, model) if finished(run) else None
-
-
-def tssl_fp32(run: Run) -> Optional[Path]:
-    """docs/method.md §C.5: TSSL-BP training of the AlexNet-style SNN."""
+def spiking_fp32(run: Run) -> Optional[Path]:
+    """An SNN trained directly, its recipe naming the method: STBP for the 7-conv-3-FC LIF network
+    (docs/method.md §D.3), TSSL-BP for the AlexNet-style SNN (§C.5)."""
     model = _train_from_scratch(run)
     return publish(run, model) if finished(run) else None
 
@@ -390,9 +384,10 @@ def calib_convert(run: Run) -> Path:
     if not ann_path.is_file():
         raise FileNotFoundError(f"{ann_path} is missing; run the calib_ann stage first (scripts/train_fp32.py {run.name})")
     model = _build(run, run.name, mode="ann", use_bn=run.recipe.use_bn, weights=ann_path)
-    batches = draw_batches(train_loader(run, load_data(run).train), run.recipe.calib_batches + 1)
+    data = load_data(run)
+    batches = draw_batches(train_loader(run, data.train), run.recipe.calib_batches + 1)
     convert_ann_to_snn(model, batches[:-1], T=run.T, calib=run.recipe.calib, bias_batch=batches[-1])
-    return publish(run, model, data=load_data(run))
+    return publish(run, model, data=data)
 
 
 def draw_batches(loader: DeviceLoader, count: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -452,8 +447,8 @@ def cbp_stage(run: Run) -> Optional[Path]:
 
 
 STAGE_FUNCTIONS = {
-    "stbp_fp32": stbp_fp32,
-    "tssl_fp32": tssl_fp32,
+    "stbp_fp32": spiking_fp32,
+    "tssl_fp32": spiking_fp32,
     "calib_ann": calib_ann,
     "calib_convert": calib_convert,
     "stbp_cbp": cbp_stage,
@@ -522,7 +517,7 @@ def run_stage(name: str, recipe: Recipe, options: RunOptions, deadline: Optional
     trained stage stops at the last epoch boundary before ``deadline`` (``time.monotonic()``)."""
     if options.deterministic:
         use_deterministic_algorithms()
-    device = distributed.pick_device(options.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = distributed.pick_device(options.device)
     options = replace(options, backend=options.backend or ("fast" if device.type == "cuda" else "reference"))
     info = distributed.init_distributed(device)
     # Only for this stage: a caller that runs several stages in one process (reproduce.py) gives each its own.

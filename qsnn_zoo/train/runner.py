@@ -6,7 +6,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Optional
 
 from .._registry import UnknownModelError, get_entry
 from ..data import DataError

@@ -1,12 +1,12 @@
 """Why do the VGG16 CBP children (docs/method.md §E.4) not train? Small CPU measurements of the CBP start.
 
-Usage (from the repository root; one process at a time, one thread):
+Usage (from the repository root, DATA the CIFAR-10 npz bundle; one process at a time, one thread):
 
-    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py start  --out DIR/start.json   [--batch 32]
-    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py train  --out DIR/run.json     [--lr 1e-2] [--T 8]
+    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py start  --data DATA --out DIR/start.json   [--batch 32]
+    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py train  --data DATA --out DIR/run.json [--lr 1e-2] [--T 8]
            [--steps 40] [--batch 32] [--subset 256] [--no-dropout] [--loss-mean-over-t] [--optimizer adamw]
            [--grad-clip value|norm|none] [--quant bin|ter] [--augment]
-    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py alexnet --out DIR/alexnet.json [--steps 10]
+    python runs/unpublished/vgg16_cbp_diagnosis/diagnose.py alexnet --data DATA --out DIR/alexnet.json [--steps 10]
 
 Every model is built with the code path of ``scripts/quantize_cbp.py``
 (``pipelines.load_parent`` + ``pipelines.quantized_child``), the recipe is
@@ -44,16 +44,15 @@ from qsnn_zoo.cbp import CBP
 
 ROOT = Path(__file__).resolve().parents[3]
 
-DATA = "/work/shared/data/cifar10"
 VGG_PARENT = str(ROOT / "checkpoints/vgg16_cifar10_fp32_calib.safetensors")
 ALEX_PARENT = str(ROOT / "checkpoints/alexnet_cifar10_fp32_tsslbp.safetensors")
 
 
 # ---------------------------------------------------------------- building, as quantize_cbp.py does
 
-def make_run(name: str, stage: str, parent: str, **overrides) -> Run:
+def make_run(name: str, stage: str, parent: str, data: str, **overrides) -> Run:
     recipe = apply_overrides(recipe_for(name, stage), overrides)
-    options = RunOptions(data=DATA, parent_weights=parent, device="cpu", backend="fast", progress=False)
+    options = RunOptions(data=data, parent_weights=parent, device="cpu", backend="fast", progress=False)
     return Run(name, recipe, options, torch.device("cpu"), DistInfo())
 
 
@@ -73,7 +72,7 @@ def step_rule(run: Run) -> loop.StepRule:
 
 
 def fixed_loader(run: Run, subset: int, batch: int, augment: bool) -> DeviceLoader:
-    train = load_cifar(DATA, "train", run.entry.dataset).subset(slice(0, subset))
+    train = load_cifar(run.options.data, "train", run.entry.dataset).subset(slice(0, subset))
     return DeviceLoader(train.images, train.labels, batch, run.entry.mean, run.entry.std,
                         augment=Augment(run.recipe.augment) if augment else None, shuffle=True, seed=run.seed)
 
@@ -200,7 +199,7 @@ def cmd_start(args) -> dict:
     result = {}
     for quant in ("bin", "ter"):
         name = f"vgg16_cifar10_{quant}_calib"
-        run = make_run(name, "calib_cbp", VGG_PARENT)
+        run = make_run(name, "calib_cbp", VGG_PARENT, args.data)
         parent, child = build_child(run)
         loader = fixed_loader(run, args.subset, args.batch, augment=True)  # the recipe's augmentation
         images, labels = next(iter(loader))
@@ -260,7 +259,7 @@ def cmd_train(args) -> dict:
         overrides["grad_clip_max"] = args.grad_clip_max
     if args.momentum is not None:
         overrides["momentum"] = args.momentum
-    run = make_run(name, "calib_cbp", VGG_PARENT, **overrides)
+    run = make_run(name, "calib_cbp", VGG_PARENT, args.data, **overrides)
     _, model = build_child(run)
     return train_loop(args, run, model)
 
@@ -304,7 +303,7 @@ def train_loop(args, run, model) -> dict:
                   f"({time.time() - started:.0f} s)", flush=True)
     # Eval-mode loss and accuracy on the whole subset at the end (and the same at the start is step 0's).
     model.eval()
-    sub = load_cifar(DATA, "train", run.entry.dataset).subset(slice(0, args.subset))
+    sub = load_cifar(run.options.data, "train", run.entry.dataset).subset(slice(0, args.subset))
     eval_loader = DeviceLoader(sub.images, sub.labels, args.batch, run.entry.mean, run.entry.std, shuffle=False)
     tot_loss = tot_correct = n = 0
     with torch.no_grad():
@@ -325,7 +324,7 @@ def train_loop(args, run, model) -> dict:
 def cmd_alexnet(args) -> dict:
     """The AlexNet TSSL-BP child (which trains): s, first-step gradients, update/s, flips per step."""
     name = "alexnet_cifar10_bin_tsslbp"
-    run = make_run(name, "tssl_cbp", ALEX_PARENT)
+    run = make_run(name, "tssl_cbp", ALEX_PARENT, args.data)
     _, model = build_child(run)
     args.no_dropout = False
     args.loss_mean_over_t = False
@@ -337,6 +336,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("start", "train", "alexnet"))
     parser.add_argument("--out", required=True)
+    parser.add_argument("--data", required=True, help="the CIFAR-10 npz bundle's directory")
     parser.add_argument("--quant", default="bin", choices=("bin", "ter"))
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--T", type=int, default=32)
