@@ -3,6 +3,7 @@ value is refused where it is parsed: one line naming the argument and the fix, e
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ._registry import UnknownModelError, get_entry
@@ -15,6 +16,48 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; pass one of 1, 2, 3, ...") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number} is not positive; pass 1 or more")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; pass one of 0, 1, 2, ...") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative; pass 0 or more")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number:g} is negative; pass 0 or more")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{number:g} is not positive; pass a number above 0")
+    return number
+
+
+def fraction(value: str) -> float:
+    """A number strictly between 0 and 1 (a point within a schedule)."""
+    number = _number(value)
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"{number:g} is not between 0 and 1; pass e.g. 0.5")
     return number
 
 
@@ -58,4 +101,31 @@ def output_file(value: str) -> str:
             if not parent.is_dir():
                 raise argparse.ArgumentTypeError(f"{parent} is a file, so {path} cannot be made; choose another path")
             break
+    return value
+
+
+def output_dir(value: str) -> str:
+    """A directory that exists or can be made: not a file, not under a file."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the output folder is empty; name a folder to write into")
+    path = Path(value).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(f"{folder} is a file, so {path} cannot be a folder; choose another path")
+            break
+    return value
+
+
+def hub_repo_id(value: str) -> str:
+    """A Hugging Face Hub repository id OWNER/NAME, as the Hub itself validates it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if value.count("/") != 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not OWNER/NAME; pass e.g. my-user/{value.rsplit('/', 1)[-1] or 'model'}")
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        raise argparse.ArgumentTypeError(" ".join(str(err).split())) from None
     return value

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .argtypes import output_file, positive_int, torch_device
+from .argtypes import hub_repo_id, output_file, positive_int, torch_device
 from ._registry import DATASETS, METHODS, WEIGHT_KINDS, ModelEntry, UnknownModelError, get_entry, iter_entries
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar, load_sample, to_tensor
 from .hub import HashMismatchError, WeightsNotFoundError, resolve_weights, sha256_of, weights_filename, weights_location
@@ -348,6 +348,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     from .hub_repository import push_entry
 
+    # The errors of whichever HTTP library huggingface_hub uses (a refused connection, a timeout), which
+    # need not be OSErrors: HfHubHTTPError derives from that library's base error.
+    transport_errors = tuple(base for base in HfHubHTTPError.__bases__ if base is not OSError)
     try:
         commit = push_entry(args.name, args.repo_id, revision=args.revision, private=args.private or None)
     except HfHubHTTPError as err:
@@ -356,7 +359,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"the Hub refused the push of {args.name} to {args.repo_id}: {reason}. Log in with `hf auth login` or set "
             "HF_TOKEN to a token that may write to that repository."
         ) from None
-    except (OSError, RuntimeError) as err:  # the connection or a file upload broke off
+    except WeightsNotFoundError:
+        raise
+    except (OSError, RuntimeError, *transport_errors) as err:  # the connection or a file upload broke off
         reason = " ".join(str(err).split())
         raise CLIError(
             f"the push of {args.name} to {args.repo_id} did not complete: {reason}. Nothing was pinned; run the same "
@@ -422,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="publish a model's weights, config.json and card as a Hub repository")
     p.add_argument("name")
-    p.add_argument("--repo-id", required=True, help="Hub repository OWNER/NAME (created if it does not exist)")
+    p.add_argument("--repo-id", type=hub_repo_id, required=True,
+                   help="Hub repository OWNER/NAME (created if it does not exist)")
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push)

@@ -59,7 +59,8 @@ def load_cifar(root: PathLike, split: str = "test", dataset: str = "cifar10") ->
         raise DataError(f"dataset must be one of {tuple(_NUM_CLASSES)}, got {dataset!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist. Pass --data DIR with CIFAR data in it.")
+        state = "is a file, not a directory" if root.exists() else "does not exist"
+        raise DataError(f"data directory {root} {state}. Pass --data DIR with CIFAR data in it.")
     if (root / "test.npz").is_file():
         if dataset != "cifar10":
             raise DataError(f"{root} holds the .npz bundle, which is CIFAR-10; {dataset} needs torchvision's layout.")
@@ -92,6 +93,10 @@ def _read_npz_bundle(root: Path, split: str) -> ImageSet:
     for name, part in zip(names, parts):
         if "images" not in part or "labels" not in part:
             raise DataError(f"{root / name} has arrays {sorted(part)}, expected 'images' and 'labels'.")
+        shapes = {k: part[k].shape for k in ("images", "labels", "lossless") if k in part}
+        if part["images"].ndim != 4 or any(part[k].ndim != 1 for k in ("labels", "lossless") if k in part):
+            raise DataError(f"{root / name} has arrays of shapes {shapes}; expected images [N, 32, 32, 3] and "
+                            "labels (and lossless) [N].")
     images = np.concatenate([p["images"] for p in parts])
     labels = _integer_labels(np.concatenate([p["labels"] for p in parts]), f"npz:{root}")
     lossless = parts[0].get("lossless") if split == "test" else np.ones(len(labels), dtype=bool)
@@ -151,7 +156,7 @@ def _read_torchvision(folder: Path, split: str, dataset: str) -> ImageSet:
     try:
         images = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
         labels = _integer_labels(np.concatenate([np.asarray(b[label_key]) for b in batches]), f"torchvision:{folder}")
-    except (KeyError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"{folder} does not hold {dataset} batches as torchvision writes them ({err}).") from None
     return ImageSet(images.transpose(0, 2, 3, 1).copy(), labels, None, f"torchvision:{folder}")
 
@@ -169,6 +174,8 @@ def _validate(data: ImageSet, num_classes: int) -> None:
         raise DataError(f"{where}: the data holds no images; point --data at a complete copy of the dataset.")
     if data.images.dtype != np.uint8 or data.images.shape[1:] != (32, 32, 3):
         raise DataError(f"{where}: images must be uint8 [N, 32, 32, 3], got {data.images.dtype} {data.images.shape}.")
+    if data.labels.ndim != 1:
+        raise DataError(f"{where}: labels must be one class index per image, got shape {data.labels.shape}.")
     if len(data.images) != len(data.labels):
         raise DataError(f"{where}: {len(data.images)} images but {len(data.labels)} labels.")
     if (data.labels.min() < 0 or data.labels.max() >= num_classes):

@@ -10,6 +10,7 @@ summary.json}; --resume continues an interrupted run.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from qsnn_zoo import get_entry
@@ -18,15 +19,16 @@ from qsnn_zoo.train import runner
 from qsnn_zoo.train.config import recipe_overrides
 
 
-def quantized_name(name: str, quant: str | None) -> str:
-    """The quantized entry for ``name`` (an fp32 entry, or a quantized one) and ``quant``."""
+def quantized_name(parser: argparse.ArgumentParser, name: str, quant: str | None) -> str:
+    """The quantized entry for ``name`` (an fp32 entry, or a quantized one) and ``quant``; a pair that
+    names none is a usage error (exit status 2)."""
     entry = get_entry(name)
     if entry.quant.mode is not None:
         if quant not in (None, entry.quant.mode):
-            raise SystemExit(f"{name} is {entry.quant.mode}; drop --quant or pass its fp32 parent {entry.parent}")
+            parser.error(f"{name} is {entry.quant.mode}; drop --quant or pass its fp32 parent {entry.parent}")
         return name
     if quant is None:
-        raise SystemExit(f"{name} is fp32: say which quantization with --quant bin or --quant ter")
+        parser.error(f"{name} is fp32: say which quantization with --quant bin or --quant ter")
     return get_entry(name.replace("_fp32_", f"_{quant}_")).name
 
 
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quant", choices=("bin", "ter"), help="binary {-s, s} or ternary {-s, 0, s}")
     parser.add_argument("--show-recipe", action="store_true", help="print the recipe and exit")
     args = parser.parse_args(argv)
-    name = quantized_name(args.name, args.quant)
+    name = quantized_name(parser, args.name, args.quant)
     if args.show_recipe:
         runner.print_recipes(name, recipe_overrides(args))
         return 0

@@ -23,7 +23,7 @@ from qsnn_zoo.cli import _prediction, main
 from qsnn_zoo.hub import WeightsNotFoundError, sha256_of
 from qsnn_zoo.weights import WeightsFormatError, read_metadata, read_state
 
-from _train_helpers import script
+from _train_helpers import random_parent, script, tiny
 
 SMALL = "vgg16_cifar10_bin_calib"
 SPIKING = "cnn7_cifar10_bin_stbp"
@@ -132,6 +132,51 @@ def test_scripts_suggest_close_names_for_a_misspelled_one(name, capsys):
     assert stop.value.code == 2 and "Closest names: vgg16_cifar10_fp32_calib" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "argument --epochs: -1 is not positive"),
+    (["--batch-size", "0"], "argument --batch-size: 0 is not positive"),
+    (["--test-every", "-3"], "argument --test-every: -3 is negative"),
+    (["--time-budget", "-5"], "argument --time-budget: -5 is negative"),
+    (["--checkpoint-seconds", "-1"], "argument --checkpoint-seconds: -1 is negative"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["--weight-clamp", "0"], "argument --weight-clamp: 0 is not positive"),
+    (["--lr-drop-fractions", "0.5,2"], "argument --lr-drop-fractions: 2 is not between 0 and 1"),
+    (["--optimizer", "bogus"], "argument --optimizer: invalid choice: 'bogus'"),
+    (["--lr-schedule", "steps"], "argument --lr-schedule: invalid choice: 'steps'"),
+    (["--loss", "l2"], "argument --loss: invalid choice: 'l2'"),
+    (["--backend", "triton"], "argument --backend: invalid choice: 'triton'"),
+    (["--augment", "mixup"], "unknown augmentation(s) ['mixup']"),
+    (["--augment", "cutout,crop_flip"], "must appear once each in docs/method.md §E.2's order"),
+    (["--device", "cuda"], "torch sees no CUDA GPU on this machine; pass --device cpu"),
+    (["--device", "gpu0"], "'gpu0' is not a torch device"),
+    (["--out", "{file}/runs"], "is a file, so"),
+    (["--quant", "ter"], "vgg16_cifar10_bin_calib is bin; drop --quant"),
+])
+def test_training_flags_are_refused_where_they_are_parsed(flags, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    flags = [f.format(file=a_file) for f in flags]
+    with pytest.raises(SystemExit) as stop:
+        script("quantize_cbp").main(["vgg16_cifar10_bin_calib", *flags, "--show-recipe"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and message in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parent-weights", "{tmp}/typo.safetensors"], "--parent-weights {tmp}/typo.safetensors is not a file"),
+    (["--limit-train", "8", "--batch-size", "16"], "8 training images make no batch of 16"),
+])
+def test_training_settings_that_cannot_run_together_are_one_line_errors(flags, message, capsys, tmp_path):
+    parent = random_parent(tmp_path, "alexnet_cifar10_fp32_tsslbp")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    argv = ["alexnet_cifar10_bin_tsslbp", *tiny(tmp_path / "out"), "--parent-weights", str(parent), *flags]
+    assert script("quantize_cbp").main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert not list((tmp_path / "out").rglob("*.safetensors"))
+
+
 # ---------------------------------------------------------------- command-line arguments
 
 
@@ -178,6 +223,29 @@ def test_eval_refuses_unusable_npz_data(labels, message, capsys, tmp_path, weigh
     np.savez(tmp_path / "test.npz", images=np.zeros((len(labels), 32, 32, 3), np.uint8), labels=labels)
     err = user_error(capsys, ["eval", SMALL, "--weights", str(weights), "--T", "2", "--data", str(tmp_path)])
     assert message in err
+
+
+@pytest.mark.parametrize("arrays", [
+    {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros((2, 2), np.int64)},
+    {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.array(3)},
+    {"images": np.array(0, np.uint8), "labels": np.zeros(2, np.int64)},
+    {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros(2, np.int64), "lossless": np.array(True)},
+], ids=["labels_2d", "labels_0d", "images_0d", "lossless_0d"])
+def test_eval_refuses_npz_arrays_of_the_wrong_shape(arrays, capsys, tmp_path, weights):
+    np.savez(tmp_path / "test.npz", **arrays)
+    err = user_error(capsys, ["eval", SMALL, "--weights", str(weights), "--T", "2", "--data", str(tmp_path), "--limit", "2"])
+    assert "has arrays of shapes" in err and "expected images [N, 32, 32, 3]" in err
+
+
+@pytest.mark.parametrize("data", [{}, None, "pixels"])
+def test_eval_refuses_a_torchvision_batch_without_pixel_data(data, capsys, tmp_path, weights):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": [0, 1]}))
+    err = user_error(capsys, ["eval", SMALL, "--weights", str(weights), "--T", "2", "--data", str(tmp_path)])
+    assert "does not hold cifar10 batches as torchvision writes them" in err
 
 
 # ---------------------------------------------------------------- where the weights come from

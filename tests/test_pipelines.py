@@ -128,6 +128,7 @@ def test_fast_backend_trains_in_channels_last(tmp_path, monkeypatch):
     ("quantize_cbp", ["cnn7_cifar10_fp32_stbp", "--quant", "bin"], "reproduce.py cnn7_cifar10_fp32_stbp"),
     ("reproduce", ["cnn7_cifar10_bin_stbpp"], "Closest names: cnn7_cifar10_bin_stbp"),
     ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--data", "no-such-dir"], "data directory no-such-dir does not exist"),
+    ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--data", __file__], "is a file, not a directory"),
     ("train_fp32", ["cnn7_cifar10_fp32_stbp", "--fused-off", "pooling"], "no fused kernel 'pooling'; choose from"),
 ])
 def test_a_user_error_is_one_line_and_exit_2(tmp_path, capsys, name, args, message):

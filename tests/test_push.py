@@ -4,6 +4,7 @@ from_pretrained. published.json is a copy under tmp_path; the registry is restor
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,29 @@ def test_a_push_whose_upload_breaks_off_exits_2_with_one_line_and_records_nothin
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "connection reset" in err and "run the same command again" in err
     assert _registry.PUBLISHED_FILE.read_text() == before
+
+
+def test_a_push_to_a_hub_that_does_not_answer_exits_2_with_one_line_and_records_nothing(fake_hub, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    before = _registry.PUBLISHED_FILE.read_text()
+    assert cli.main(["push", NAME, "--repo-id", REPO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did not complete" in err and "run the same command again" in err
+    assert _registry.PUBLISHED_FILE.read_text() == before
+
+
+@pytest.mark.parametrize("repo_id, message", [
+    ("bad id!!/x", "Repo id must use alphanumeric chars"),
+    ("a/b/c", "'a/b/c' is not OWNER/NAME"),
+    ("vgg16-bin", "'vgg16-bin' is not OWNER/NAME"),
+])
+def test_a_malformed_repository_id_is_refused_before_any_request(repo_id, message, fake_hub, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["push", NAME, "--repo-id", repo_id])
+    assert stop.value.code == 2 and message in capsys.readouterr().err and fake_hub.requests == []
 
 
 def test_an_entry_without_a_published_file_cannot_be_pushed(fake_hub, capsys):

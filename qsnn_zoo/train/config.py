@@ -13,7 +13,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, get_args, get_origin, get_type_hints
 
+from .. import argtypes
 from .._registry import get_entry
+from ..convert import CALIB_MODES
+from .losses import LOSSES
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".data" / "cifar10"
 
@@ -213,14 +216,15 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any,
     if hint is bool:
         parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif origin is tuple:
-        item = ITEM_TYPES.get(f.name, args[0])
+        item, whole = ITEM_TYPES.get(f.name, args[0]), TUPLE_TYPES.get(f.name, tuple)
         parser.add_argument(
-            _flag(f.name), type=lambda s, item=item: tuple(item(v) for v in s.split(",") if v), default=None,
-            metavar="A,B,...", help=help_text,
+            _flag(f.name), type=lambda s, item=item, whole=whole: whole(tuple(item(v) for v in s.split(",") if v)),
+            default=None, metavar="A,B,...", help=help_text,
         )
     else:
         base = next((a for a in args if a is not type(None)), hint) if origin is not None else hint
-        parser.add_argument(_flag(f.name), type=base, default=None, help=help_text)
+        parser.add_argument(_flag(f.name), type=FIELD_TYPES.get(f.name, base), choices=FIELD_CHOICES.get(f.name),
+                            default=None, help=help_text)
 
 
 RECIPE_HELP = {
@@ -267,7 +271,39 @@ def fused_piece(name: str) -> str:
     return name
 
 
-ITEM_TYPES = {"fused_off": fused_piece}  # tuple fields whose items the command line checks
+def augmentations(names: Tuple[str, ...]) -> Tuple[str, ...]:
+    from .data import checked_augmentations
+
+    try:
+        return checked_augmentations(names)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# What the command line accepts for each field, so that a value no stage could run with is refused
+# where it is parsed (one line, exit status 2) rather than after the data and the parent are loaded.
+ITEM_TYPES = {"fused_off": fused_piece, "lr_drop_fractions": argtypes.fraction}
+TUPLE_TYPES = {"augment": augmentations}
+FIELD_TYPES = {
+    **dict.fromkeys(("epochs", "batch_size", "T", "period_max", "calib_batches", "limit_train", "limit_test",
+                     "stop_after_epoch"), argtypes.positive_int),
+    **dict.fromkeys(("seed", "trial", "val_size", "test_every"), argtypes.non_negative_int),
+    **dict.fromkeys(("lr", "momentum", "weight_decay", "grad_clip_max", "lambda_lr", "time_budget",
+                     "checkpoint_seconds"), argtypes.non_negative_float),
+    "weight_clamp": argtypes.positive_float,
+    "device": argtypes.torch_device,
+    "out": argtypes.output_dir,
+}
+FIELD_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "lr_schedule": ("constant", "multistep", "cosine"),
+    "train_layers": ("all", "quantized"),
+    "grad_clip": ("value", "norm", "none"),
+    "loss": LOSSES,
+    "lambda_optimizer": ("adam", "adamw"),
+    "calib": CALIB_MODES,
+    "backend": ("reference", "fast"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

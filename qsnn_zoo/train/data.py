@@ -28,6 +28,20 @@ CHUNK_IMAGES = 8192  # images the loader augments in one pass (about 100 MB of f
 AUGMENTATIONS = ("crop_flip", "autoaugment", "cutout")
 
 
+def checked_augmentations(names: Sequence[str]) -> Tuple[str, ...]:
+    """``names`` if they are known and in docs/method.md §E.2's order (:data:`AUGMENTATIONS`), each
+    once; a reordered list is refused rather than silently sorted, since it would describe a different
+    recipe."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
+    if list(names) != sorted(set(names), key=AUGMENTATIONS.index):
+        in_order = [n for n in AUGMENTATIONS if n in names]
+        raise ValueError(f"augmentations {list(names)} must appear once each in docs/method.md §E.2's order: {in_order}")
+    return names
+
+
 class RandomCropFlip:
     """RandomCrop(32, padding=4) with zero padding, then RandomHorizontalFlip(p=0.5), per sample.
 
@@ -117,14 +131,7 @@ class Augment:
     def __init__(self, names: Union[str, Sequence[str]]) -> None:
         if isinstance(names, str):
             names = tuple(n.strip() for n in names.split(",") if n.strip())
-        names = tuple(names)
-        unknown = [n for n in names if n not in AUGMENTATIONS]
-        if unknown:
-            raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
-        if list(names) != sorted(set(names), key=AUGMENTATIONS.index):
-            in_order = [n for n in AUGMENTATIONS if n in names]
-            raise ValueError(f"augmentations {list(names)} must appear once each in docs/method.md §E.2's order: {in_order}")
-        self.names = names
+        self.names = checked_augmentations(names)
         self.pixel_stages = [_PIXEL_STAGES[n]() for n in names if n in _PIXEL_STAGES]
         self.float_stages = [_FLOAT_STAGES[n]() for n in names if n in _FLOAT_STAGES]
 

@@ -127,15 +127,20 @@ def load_data(run: Run) -> Data:
     return Data(train, val, test)
 
 
+class RunSetupError(ValueError):
+    """Settings that each parse but cannot run together (a batch and the number of processes, a batch
+    and the images left by --limit-train, an explicit file that is not there)."""
+
+
 def train_loader(run: Run, images: ImageSet) -> DeviceLoader:
     recipe, info = run.recipe, run.info
     if recipe.batch_size % info.world_size:
-        raise ValueError(
+        raise RunSetupError(
             f"--batch-size {recipe.batch_size} must be divisible by the number of processes ({info.world_size})"
         )
     per_rank = recipe.batch_size // info.world_size
     if len(images) < recipe.batch_size:
-        raise ValueError(
+        raise RunSetupError(
             f"{len(images)} training images make no batch of {recipe.batch_size}; lower --batch-size or "
             "raise --limit-train"
         )
@@ -406,18 +411,30 @@ def draw_batches(loader: DeviceLoader, count: int) -> List[Tuple[torch.Tensor, t
 
 def load_parent(run: Run) -> nn.Module:
     """The fp32 parent, from --parent-weights, OUT/PARENT/PARENT.safetensors, or the hub."""
+    path = parent_weights_path(run)
+    run.log(f"{run.name}: starting from {run.entry.parent} weights {path}")
+    return _build(run, run.entry.parent, weights=path)
+
+
+def parent_weights_path(run: Run) -> Path:
     parent = run.entry.parent
-    path = Path(run.options.parent_weights) if run.options.parent_weights else weights_path(run.options.out, parent)
-    if not path.is_file():
-        try:
-            path = resolve_weights(get_entry(parent))
-        except WeightsNotFoundError as err:
-            raise WeightsNotFoundError(
-                f"{run.name} starts from {parent}, whose weights are not at {path} nor published ({err}). "
-                f"Run `python scripts/reproduce.py {parent}` first, or pass --parent-weights FILE."
-            ) from None
-    run.log(f"{run.name}: starting from {parent} weights {path}")
-    return _build(run, parent, weights=path)
+    if run.options.parent_weights:
+        # An explicit file that is not there is a typo, not a request for the published parent.
+        path = Path(run.options.parent_weights)
+        if not path.is_file():
+            raise RunSetupError(f"--parent-weights {path} is not a file; pass the fp32 parent's .safetensors file "
+                                f"or leave the flag out to start from {parent}'s run in --out or its published weights")
+        return path
+    path = weights_path(run.options.out, parent)
+    if path.is_file():
+        return path
+    try:
+        return resolve_weights(get_entry(parent))
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(
+            f"{run.name} starts from {parent}, whose weights are not at {path} nor published ({err}). "
+            f"Run `python scripts/reproduce.py {parent}` first, or pass --parent-weights FILE."
+        ) from None
 
 
 def quantized_child(run: Run, parent_model: nn.Module) -> nn.Module:

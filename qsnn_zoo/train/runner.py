@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError
 from .config import RunOptions, add_arguments, apply_overrides, recipe_for, recipe_overrides, run_options, stages_for
 from . import distributed
 from .loop import NonFiniteError
-from .pipelines import run_stage, weights_path
+from .pipelines import RunSetupError, run_stage, weights_path
 
 # Recipe settings a quick run shares with the parent that reproduce.py trains first: its length, size
 # and the SNN-Calibration conversion settings. The others (learning rates, optimizers, clipping, ...)
@@ -27,7 +27,7 @@ SHARED_WITH_PARENT = ("epochs", "batch_size", "T", "use_bn", "trial", "calib", "
 # Failures of a run that the user can fix (a name, a file, the data, a checkpoint, a diverging recipe).
 USER_ERRORS = (
     UnknownModelError, DataError, WeightsNotFoundError, HashMismatchError, WeightsFormatError, CheckpointError,
-    NonFiniteError,
+    NonFiniteError, RunSetupError,
 )
 EXIT_USER_ERROR = 2
 
