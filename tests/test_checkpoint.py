@@ -1,5 +1,6 @@
 """Training checkpoints: loading one cannot run code, a damaged or missing one stops ``--resume`` with
 one line and exit status 2, and a diverged run stops instead of publishing NaN weights."""
+import math
 import os
 import random
 import re
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from qsnn_zoo.cbp import CBP
 from qsnn_zoo.hub import sha256_of
-from qsnn_zoo.train import checkpoint
+from qsnn_zoo.train import checkpoint, pipelines
 from qsnn_zoo.train.checkpoint import (
     CheckpointError, CheckpointWriter, checksum_path, load_checkpoint, save_checkpoint,
 )
@@ -108,12 +110,24 @@ def test_a_checkpoint_of_another_model_does_not_fit_and_says_so(stopped_run, tmp
     assert "does not fit this run (RuntimeError: Error(s) in loading state_dict" in err and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("flag, metric", [("--lr", "train_loss = nan"), ("--lambda-lr", "lambda_max = ")])
-def test_a_diverging_run_stops_with_one_line_and_exit_2(tmp_path, capsys, flag, metric):
+def _diverging(monkeypatch, metric):
+    """Makes the first epoch's ``metric`` infinite, as a learning rate far too large would: the
+    command line refuses a non-finite rate, and a finite one that large overflows elsewhere first."""
+    if metric == "train_loss":
+        real = pipelines.train_epoch
+        monkeypatch.setattr(pipelines, "train_epoch", lambda *a, **k: {**real(*a, **k), "train_loss": math.inf})
+    else:
+        real = CBP.stats
+        monkeypatch.setattr(CBP, "stats", lambda self: {**real(self), metric: math.inf})
+
+
+@pytest.mark.parametrize("metric", ["train_loss", "lambda_max"])
+def test_a_diverging_run_stops_with_one_line_and_exit_2(tmp_path, capsys, monkeypatch, metric):
     parent = random_parent(tmp_path, PARENT)
-    assert script("quantize_cbp").main([*_flags(tmp_path / "out", parent, flag, "inf"), "--epochs", "1"]) == 2
+    _diverging(monkeypatch, metric)
+    assert script("quantize_cbp").main([*_flags(tmp_path / "out", parent), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "training diverged in epoch 1" in err and metric in err and err.count("\n") == 1, err
+    assert "training diverged in epoch 1" in err and f"{metric} = inf" in err and err.count("\n") == 1, err
     assert not (tmp_path / "out" / NAME / f"{NAME}.safetensors").exists()
     assert not (tmp_path / "out" / NAME / "calib_cbp" / "checkpoint.pt").exists()
 
