@@ -36,6 +36,7 @@ from torch import nn
 
 import qsnn_zoo
 from qsnn_zoo._registry import get_entry
+from qsnn_zoo.argtypes import non_negative_int, output_dir, positive_float, positive_int, registry_name, torch_device
 from qsnn_zoo.cbp import CBP
 from qsnn_zoo.data import load_sample, to_tensor
 from qsnn_zoo.layers import fused
@@ -499,8 +500,8 @@ def neuron_launch_arg(text: str) -> fused.NeuronLaunch:
         block, warps = (int(v) for v in text.lower().split("x"))
         return fused.check_neuron_launch((block, warps))
     except ValueError as error:
-        detail = str(error) if "power of two" in str(error) else "expected BLOCKxWARPS"
-        raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}, e.g. 1024x8") from None
+        detail = str(error) if "power of two" in str(error) else "expected BLOCKxWARPS, e.g. 1024x8"
+        raise argparse.ArgumentTypeError(f"--neuron-launch {text!r}: {detail}") from None
 
 
 def launch_equality(launch: fused.NeuronLaunch, device: torch.device) -> dict:
@@ -671,17 +672,17 @@ def write_report(report: dict, out: Path, stem: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--device", type=torch_device, default="cuda")
+    parser.add_argument("--models", type=registry_name, nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=output_dir, default="benchmarks")
     parser.add_argument("--stem", default="results", help="output file names: STEM.json and STEM.md")
-    parser.add_argument("--infer-batches", type=int, nargs="+", default=[128, 1024])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--ref-runs", type=int, default=3, help="timed runs of the slow reference path")
-    parser.add_argument("--T", type=int, default=None, help="override every model's T (smoke tests)")
-    parser.add_argument("--train-batch", type=int, default=None, help="override the recipe's batch (smoke tests)")
-    parser.add_argument("--time-budget", type=float, default=float("inf"),
+    parser.add_argument("--infer-batches", type=positive_int, nargs="+", default=[128, 1024])
+    parser.add_argument("--warmup", type=non_negative_int, default=3)
+    parser.add_argument("--runs", type=positive_int, default=15)
+    parser.add_argument("--ref-runs", type=positive_int, default=3, help="timed runs of the slow reference path")
+    parser.add_argument("--T", type=positive_int, default=None, help="override every model's T (smoke tests)")
+    parser.add_argument("--train-batch", type=positive_int, default=None, help="override the recipe's batch (smoke tests)")
+    parser.add_argument("--time-budget", type=positive_float, default=float("inf"),
                         help="seconds; once spent, the remaining variants and models are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--profile", action="store_true", help="kernel time table of the fast bf16 workloads")
@@ -693,14 +694,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="only the fused kernels' checks against their references on the device, exit status 1 "
                              "if one fails: a plan runs this before a long training job")
     args = parser.parse_args(argv)
+    # Made now, so that a folder that cannot be written fails before minutes of device checks, not after.
+    args.out = Path(args.out).expanduser()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot make this folder ({err.strerror or err}); pass a folder you can write to")
     if args.checks_only:
         args.models = []
     if args.quick:
         args.T, args.train_batch, args.infer_batches = args.T or 2, args.train_batch or 2, [2]
         args.warmup, args.runs, args.ref_runs = 0, 1, 1
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but no GPU is visible; use --device cpu --quick for a smoke run")
     torch.backends.cudnn.benchmark = True
     start = time.monotonic()
     report = {"environment": environment(device), "ceilings": measure_ceilings(device), "anchors":

@@ -162,3 +162,34 @@ def test_neuron_launch_that_triton_cannot_take_is_refused_at_parse_time(capsys):
             benchmark.main(["--device", "cpu", "--neuron-launch", bad])
         assert exit_info.value.code == 2
         assert f"--neuron-launch '{bad}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--device", "foo"], "argument --device: 'foo' is not a torch device"),
+    (["--models", "nosuch", "--time-budget", "1"], "Unknown model 'nosuch'"),
+    (["--out", "{tmp}/afile/x"], "afile is a file"),
+    (["--out", "/proc/qsnn-zoo-bench"], "cannot make this folder"),
+    (["--runs", "-5"], "argument --runs: -5 is not positive"),
+    (["--warmup", "-1"], "argument --warmup: -1 is negative"),
+    (["--infer-batches", "0"], "argument --infer-batches: 0 is not positive"),
+    (["--time-budget", "0"], "argument --time-budget: 0 is not positive"),
+])
+def test_bad_arguments_are_refused_before_any_device_check(tmp_path, capsys, monkeypatch, args, fragment):
+    if "/proc/" in args[-1] and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc, where no folder can be made")
+    benchmark = script("benchmark")
+    monkeypatch.setattr(benchmark, "check_neurons", lambda device: pytest.fail("the device checks ran"))
+    (tmp_path / "afile").write_text("")
+    argv = ["--device", "cpu", "--out", str(tmp_path / "out"), *(a.format(tmp=tmp_path) for a in args)]
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and fragment in err.strip().splitlines()[-1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no report folder made
+
+
+def test_neuron_launch_error_gives_its_example_once(capsys):
+    with pytest.raises(SystemExit):
+        script("benchmark").main(["--device", "cpu", "--neuron-launch", "3x3"])
+    assert capsys.readouterr().err.count("e.g. 1024x8") == 1
