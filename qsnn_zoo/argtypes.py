@@ -9,24 +9,23 @@ from pathlib import Path
 from ._registry import UnknownModelError, get_entry
 
 
-def positive_int(value: str) -> int:
+def _whole_number(value: str, least: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; pass one of 1, 2, 3, ...") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} is not positive; pass 1 or more")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number; pass one of {least}, {least + 1}, {least + 2}, ...") from None
+    if number < least:
+        raise argparse.ArgumentTypeError(f"{number} is {'not positive' if least else 'negative'}; pass {least} or more")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _whole_number(value, 1)
 
 
 def non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; pass one of 0, 1, 2, ...") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{number} is negative; pass 0 or more")
-    return number
+    return _whole_number(value, 0)
 
 
 def _number(value: str) -> float:
@@ -96,11 +95,7 @@ def output_file(value: str) -> str:
     path = Path(value).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a directory; name a file inside it, e.g. {path / 'model.out'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"{parent} is a file, so {path} cannot be made; choose another path")
-            break
+    _refuse_a_file_above(path, path.parents)
     return value
 
 
@@ -109,12 +104,15 @@ def output_dir(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("the output folder is empty; name a folder to write into")
     path = Path(value).expanduser()
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise argparse.ArgumentTypeError(f"{folder} is a file, so {path} cannot be a folder; choose another path")
-            break
+    _refuse_a_file_above(path, (path, *path.parents))
     return value
+
+
+def _refuse_a_file_above(path: Path, folders) -> None:
+    """Refuses ``path`` when the nearest of ``folders`` that exists is a file, which no folder can be made in."""
+    existing = next((folder for folder in folders if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, so {path} cannot be made; choose another path")
 
 
 def hub_repo_id(value: str) -> str:
