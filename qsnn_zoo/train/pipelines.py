@@ -217,16 +217,8 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         cbp.start()
     forward = distributed.wrap(TrainForward(model), info, run.device)
     loader = train_loader(run, data.train)
-    rule = StepRule(
-        loss=recipe.loss, grad_clip=recipe.grad_clip, grad_clip_max=recipe.grad_clip_max,
-        weight_clamp=recipe.weight_clamp, amp=opts.amp,
-        loss_scale=float(info.world_size) if is_summed(recipe.loss) else 1.0,
-    )
-    step = None
-    if opts.cuda_graph and run.device.type == "cuda" and info.world_size == 1:
-        step = GraphedTrainStep(forward, model, optimizer, rule, cbp)
-    elif opts.cuda_graph:
-        run.log("--cuda-graph needs one CUDA process: this run steps eagerly")
+    rule = step_rule(run)
+    step = graphed_step(run, forward, model, optimizer, rule, cbp)
     log = MetricsLog(run.stage_dir / METRICS_NAME, start_epoch) if info.is_main else None
     last_epoch = recipe.epochs if not opts.stop_after_epoch else min(recipe.epochs, opts.stop_after_epoch)
     flips = CodeFlips(cbp.layers) if cbp is not None else None
@@ -247,13 +239,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
         check_finite(record)
         if scheduler is not None:
             scheduler.step()
-        if data.val is not None:
-            record["val_top1"] = evaluate(model, data.val, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, info, opts.amp)["top1_all"]
-            if record["val_top1"] > best["val_top1"]:
-                best = {"val_top1": record["val_top1"], "epoch": epoch, "state": _cpu_state(model)}
-        if opts.test_every and (epoch + 1) % opts.test_every == 0:
-            test = evaluate(model, data.test, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, info, opts.amp)
-            record.update({"test_top1_all": test["top1_all"], "test_top1_lossless": test["top1_lossless"]})
+        best = evaluate_epoch(run, model, data, record, best)
         record["seconds"] = time.perf_counter() - started
         # Ranks clock their epochs apart; if any of them is out of time, all stop after this epoch.
         out_of_time = distributed.any_rank(
@@ -265,12 +251,7 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
             # tenth of a short epoch, so it is written at most every --checkpoint-seconds, in the
             # background, and when the run stops, waited for; a killed run resumes from the last one.
             if stopping or time.monotonic() - saved_at >= opts.checkpoint_seconds:
-                writer.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "cbp": cbp.state_dict() if cbp is not None else None,
-                    "epoch": epoch + 1, "best": best, "recipe": recipe.to_dict(),
-                }, wait=stopping)
+                writer.save(training_state(model, optimizer, scheduler, cbp, epoch + 1, best, recipe), wait=stopping)
                 plot_curves(log.records, run.stage_dir / CURVES_NAME, f"{run.name} ({recipe.stage})")
                 saved_at = time.monotonic()
             run.log(_epoch_line(record))
@@ -285,6 +266,51 @@ def fit(run: Run, model: nn.Module, data: Data, cbp_enabled: bool) -> nn.Module:
     if best["state"] is not None and not run.stopped_early:
         model.load_state_dict(best["state"])
     return model
+
+
+def step_rule(run: Run) -> StepRule:
+    recipe = run.recipe
+    return StepRule(
+        loss=recipe.loss, grad_clip=recipe.grad_clip, grad_clip_max=recipe.grad_clip_max,
+        weight_clamp=recipe.weight_clamp, amp=run.options.amp,
+        loss_scale=float(run.info.world_size) if is_summed(recipe.loss) else 1.0,
+    )
+
+
+def graphed_step(run: Run, forward: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, rule: StepRule,
+                 cbp: Optional[CBP]) -> Optional[GraphedTrainStep]:
+    """The step replayed from a CUDA graph with --cuda-graph where one CUDA process runs, else None (eager)."""
+    if not run.options.cuda_graph:
+        return None
+    if run.device.type == "cuda" and run.info.world_size == 1:
+        return GraphedTrainStep(forward, model, optimizer, rule, cbp)
+    run.log("--cuda-graph needs one CUDA process: this run steps eagerly")
+    return None
+
+
+def evaluate_epoch(run: Run, model: nn.Module, data: Data, record: Dict[str, Any], best: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds the epoch's validation and test accuracy to ``record``; returns the best validation epoch so far."""
+    opts, epoch = run.options, record["epoch"]
+    if data.val is not None:
+        record["val_top1"] = evaluate(model, data.val, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, run.info,
+                                      opts.amp)["top1_all"]
+        if record["val_top1"] > best["val_top1"]:
+            best = {"val_top1": record["val_top1"], "epoch": epoch, "state": _cpu_state(model)}
+    if opts.test_every and (epoch + 1) % opts.test_every == 0:
+        test = evaluate(model, data.test, run.entry.mean, run.entry.std, EVAL_BATCH, run.device, run.info, opts.amp)
+        record.update({"test_top1_all": test["top1_all"], "test_top1_lossless": test["top1_lossless"]})
+    return best
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, cbp: Optional[CBP], epochs_done: int,
+                   best: Dict[str, Any], recipe: Recipe) -> Dict[str, Any]:
+    """What a resumable checkpoint holds (:func:`.checkpoint.restore_checkpoint` reads it back)."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "cbp": cbp.state_dict() if cbp is not None else None,
+        "epoch": epochs_done, "best": best, "recipe": recipe.to_dict(),
+    }
 
 
 class CodeFlips:
